@@ -1,0 +1,63 @@
+"""Keyed, atomically committed stage outputs under the run root.
+
+A stage's output lives in ``<run_root>/artifacts/<stage>/<key>/`` where ``key`` is a hash of the
+spec that determines the output's bytes (inputs' keys, model, prompt, sampling, seed, ...). The
+spec is written beside the data as ``spec.json``. A directory counts only once ``_COMMITTED``
+exists; stages write into a sibling temp dir and rename it into place, so a killed stage leaves no
+half-written output that a rerun could mistake for a finished one.
+
+Local paths only for now; URIs (s3://, gs://) on clusters are a later step (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MARKER = "_COMMITTED"
+
+
+def spec_key(spec: dict[str, Any]) -> str:
+    """A short stable hash of a JSON-able spec (key order does not matter)."""
+    blob = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class StageDir:
+    """Where one keyed stage output lives. Constructing it touches no disk."""
+
+    root: Path
+    stage: str
+    spec: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return spec_key(self.spec)
+
+    @property
+    def path(self) -> Path:
+        return self.root / "artifacts" / self.stage / self.key
+
+    def is_committed(self) -> bool:
+        return (self.path / MARKER).exists()
+
+    def staging(self) -> Path:
+        """A fresh temp dir next to the final one, to be filled and then `commit`ted."""
+        tmp = self.path.parent / f".tmp-{self.key}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        return tmp
+
+    def commit(self, tmp: Path) -> Path:
+        (tmp / "spec.json").write_text(json.dumps(self.spec, indent=2, sort_keys=True, default=str))
+        (tmp / MARKER).write_text("")
+        if self.path.exists():  # an uncommitted leftover of a killed run
+            assert not self.is_committed(), f"{self.path} is already committed"
+            shutil.rmtree(self.path)
+        tmp.rename(self.path)
+        return self.path

@@ -1,0 +1,76 @@
+"""Score a generation output and keep the correct rows: ``scored.parquet``, ``pool.parquet``, ``stats.json``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mixray.artifacts import StageDir
+from mixray.config import CurateConfig
+from mixray.curate.extract import extract_answer
+from mixray.curate.verify import VERIFIER_VERSION, is_correct
+
+log = logging.getLogger(__name__)
+NEEDED = ("problem_id", "answer", "completion", "n_tokens", "finish_reason")
+
+
+def score(table: pa.Table) -> pa.Table:
+    """Add ``extracted`` and ``correct`` columns to a generation table."""
+    missing = [c for c in NEEDED if c not in table.column_names]
+    if missing:
+        raise ValueError(f"generation output lacks columns {missing}; has {table.column_names}")
+    completions = table["completion"].to_pylist()
+    golds = table["answer"].to_pylist()
+    extracted = [extract_answer(c or "") for c in completions]
+    correct = [is_correct(e, g) for e, g in zip(extracted, golds, strict=True)]
+    return table.append_column("extracted", pa.array(extracted, pa.string())).append_column(
+        "correct", pa.array(correct, pa.bool_())
+    )
+
+
+def stats(scored: pa.Table) -> dict[str, float]:
+    n = scored.num_rows
+    tokens = scored["n_tokens"].to_numpy() if n else np.zeros(1)
+    correct = scored["correct"].to_numpy(zero_copy_only=False) if n else np.zeros(1, bool)
+    return {
+        "rows": n,
+        "accepted": int(correct.sum()) if n else 0,
+        "acceptance_rate": float(correct.mean()) if n else 0.0,
+        "no_answer_rate": float(np.mean([e is None for e in scored["extracted"].to_pylist()]))
+        if n else 0.0,
+        "truncation_rate": float(np.mean([r == "length" for r in scored["finish_reason"].to_pylist()]))
+        if n else 0.0,
+        "tokens_mean": float(np.mean(tokens)),
+        "tokens_p50": float(np.percentile(tokens, 50)),
+        "tokens_p90": float(np.percentile(tokens, 90)),
+    }
+
+
+def curate_stage(generation: StageDir, cfg: CurateConfig, run_root: Path) -> StageDir:
+    spec = {"generation": generation.key, "verifier": VERIFIER_VERSION, "keep": cfg.keep}
+    return StageDir(run_root, "curate", spec)
+
+
+def curate(
+    generation: StageDir, cfg: CurateConfig, run_root: Path
+) -> tuple[StageDir, dict[str, float], bool]:
+    """Score every row, keep the pool per `cfg.keep`; returns (where, stats, reused_from_cache)."""
+    stage = curate_stage(generation, cfg, run_root)
+    if stage.is_committed():
+        return stage, json.loads((stage.path / "stats.json").read_text()), True
+    scored = score(pq.read_table(generation.path / "data"))
+    s = stats(scored)
+    tmp = stage.staging()
+    pq.write_table(scored, tmp / "scored.parquet")
+    pool = scored if cfg.keep == "all" else scored.filter(scored["correct"])
+    pq.write_table(pool, tmp / "pool.parquet")
+    (tmp / "stats.json").write_text(json.dumps(s, indent=2))
+    stage.commit(tmp)
+    log.info("curate: %d of %d rows correct (%.0f%%), pool keeps %d", s["accepted"], s["rows"],
+             100 * s["acceptance_rate"], pool.num_rows)
+    return stage, s, False

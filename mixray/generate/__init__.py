@@ -1,0 +1,1 @@
+"""Generation: chat prompts -> completions, through a Ray Data actor pool of engines."""

@@ -1,0 +1,1 @@
+"""Mixing pools of curated rows into one ordered training manifest. Pure Python/numpy, no Ray."""

@@ -1,0 +1,202 @@
+"""`python -m mixray.sweep [SWEEP.yaml] [--set a.b=v ...] [--dry-run]` — the one entry point.
+
+Validates the sweep file (exit 2 with a readable message on any mistake, before any work), then:
+models -> problems -> per-teacher generation and curation (cached, shared by all trials) ->
+MLflow parent run -> Ray Tune trials (mix -> train -> evaluate) -> a summary table.
+This is the only place that calls `ray.init` (tests use a session fixture instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from mixray import models
+from mixray.config import SweepConfig, SweepFileError, load_sweep
+
+log = logging.getLogger("mixray")
+DEFAULT_SWEEP = Path(__file__).resolve().parent.parent / "sweeps" / "laptop.yaml"
+
+
+def worker_env() -> dict[str, str]:
+    """Environment every Ray worker gets: a persistent home for DeepSpeed's compiled C++ ops
+    (about 50 s to build the shared-memory op, paid once instead of on every run) and our cache."""
+    cache = models.cache_dir()
+    return {
+        "MIXRAY_CACHE": str(cache),
+        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(cache / "torch_extensions")),
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    }
+
+
+def plan(cfg: SweepConfig) -> str:
+    t = cfg.train
+    lines = [
+        f"sweep {cfg.name!r}: run root {cfg.run_root_path}, MLflow {cfg.tracking_uri} "
+        f"(experiment {cfg.experiment!r})",
+        f"problems : {cfg.problems.train_size} train + {cfg.problems.eval_size} held-out from "
+        f"reasoning-gym {cfg.problems.task!r} (seed {cfg.problems.seed})",
+    ]
+    for label, teacher in cfg.teachers.items():
+        s = teacher.sampling
+        lines.append(
+            f"teacher  : {label!r} = {teacher.model} ({teacher.style} CoT, max {s.max_new_tokens} "
+            f"tokens, T={s.temperature}, {teacher.replicas} replica(s))"
+        )
+    lines += [
+        f"curate   : {cfg.curate.verifier}, pools keep {cfg.curate.keep} responses",
+        f"trials   : {len(cfg.trials())} = students {cfg.students} x long_share "
+        f"{cfg.search.long_share} (pools {cfg.mix.long_pool!r}/{cfg.mix.short_pool!r})",
+        f"train    : Ray Train + DeepSpeed ZeRO-{t.zero_stage}, {t.dtype}, {t.num_workers} workers, "
+        f"{t.max_steps} steps x global batch {t.micro_batch_size * t.num_workers}, lr {t.lr:g}",
+        f"evaluate : {cfg.problems.eval_size} held-out problems, greedy, max "
+        f"{cfg.evaluate.max_new_tokens} tokens",
+        f"resources: {cfg.cpus_per_trial():g} CPU per trial, {cfg.resources.cpus_per_engine:g} "
+        f"per generation actor",
+    ]
+    return "\n".join(lines)
+
+
+def check_resources(cfg: SweepConfig, cluster_cpus: float) -> None:
+    """Fail before any work when one trial or one generation actor can never be placed."""
+    for what, need in (("one trial (train.num_workers x resources.cpus_per_train_worker + a little)",
+                        cfg.cpus_per_trial()),
+                       ("one generation actor (resources.cpus_per_engine)",
+                        cfg.resources.cpus_per_engine)):
+        if need > cluster_cpus:
+            raise ValueError(f"{what} needs {need:g} CPUs but the Ray cluster has {cluster_cpus:g}")
+
+
+def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
+    """Run a validated sweep on the connected Ray cluster; return the summary (also on disk)."""
+    import ray
+
+    from mixray import tracking
+    from mixray.curate.stage import curate
+    from mixray.generate.stage import generate_teacher
+    from mixray.problems import build_problems
+    from mixray.tune import SweepContext, run_tune, trial_name
+
+    assert ray.is_initialized(), "connect to Ray first (the CLI or a test fixture does)"
+    # Resolve the run root here, once: trial processes run in other working directories.
+    cfg = cfg.model_copy(update={"run_root": str(cfg.run_root_path)})
+    check_resources(cfg, ray.cluster_resources().get("CPU", 0.0))
+    invocation = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    timings: dict[str, float] = {}
+    summary: dict[str, Any] = {"invocation": invocation, "stages": {}, "timings_s": timings}
+
+    t0 = time.perf_counter()
+    paths = {spec: models.resolve(spec) for spec in {*cfg.students, *(t.model for t in cfg.teachers.values())}}
+    timings["models"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    problems, cached = build_problems(cfg.problems, cfg.run_root_path)
+    summary["stages"]["problems"] = {"path": str(problems.path), "cached": cached}
+    timings["problems"] = time.perf_counter() - t0
+
+    placement = {"cpus_per_engine": cfg.resources.cpus_per_engine,
+                 "torch_threads": cfg.resources.torch_threads}
+    pools, curate_stats = {}, {}
+    for label, teacher in cfg.teachers.items():
+        t0 = time.perf_counter()
+        gen, gen_stats = generate_teacher(label, teacher, paths[teacher.model], problems,
+                                          cfg.run_root_path, **placement)
+        timings[f"generate.{label}"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        cur, curate_stats[label], cur_cached = curate(gen, cfg.curate, cfg.run_root_path)
+        timings[f"curate.{label}"] = time.perf_counter() - t0
+        pools[label] = str(cur.path / "pool.parquet")
+        summary["stages"][f"generate.{label}"] = {"path": str(gen.path), "cached": gen_stats is None,
+                                                   "stats": gen_stats}
+        summary["stages"][f"curate.{label}"] = {"path": str(cur.path), "cached": cur_cached,
+                                                 "stats": curate_stats[label]}
+
+    parent = tracking.start_parent(cfg, {"curate": curate_stats, "stages": summary["stages"]})
+    summary["mlflow"] = {"tracking_uri": cfg.tracking_uri, "experiment": cfg.experiment,
+                         "parent_run_id": parent}
+    ctx = SweepContext(cfg=cfg, invocation=invocation, pools=pools,
+                       eval_problems=str(problems.path / "eval.parquet"),
+                       student_paths={s: str(paths[s]) for s in cfg.students}, parent_run_id=parent)
+    t0 = time.perf_counter()
+    ok = False
+    try:
+        grid = run_tune(ctx)
+        summary["trials"] = [
+            {"trial": trial_name(r.config), "student": r.config["student"],
+             "long_share": r.config["long_share"], "error": str(r.error) if r.error else None,
+             **{k: (r.metrics or {}).get(k) for k in
+                ("mix_rows", "train_loss", "eval_accuracy", "eval_tokens_mean")}}
+            for r in grid
+        ]
+        ok = not grid.errors
+    finally:
+        timings["trials"] = time.perf_counter() - t0
+        tracking.end_parent(cfg, parent, ok)
+    out = cfg.run_root_path / "sweeps" / cfg.name / invocation
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    summary["summary_path"] = str(out / "summary.json")
+    return summary
+
+
+def format_summary(cfg: SweepConfig, summary: dict[str, Any]) -> str:
+    rows = [("trial", "long share", "mix rows", "train loss", "eval acc", "status")]
+    for t in sorted(summary["trials"], key=lambda t: (t["student"], t["long_share"])):
+        fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+        rows.append((t["trial"], f"{t['long_share']:g}", fmt(t["mix_rows"], "d"),
+                     fmt(t["train_loss"], ".4f"), fmt(t["eval_accuracy"], ".3f"),
+                     "FAILED" if t["error"] else "ok"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+    stages = ", ".join(f"{k} {v:.0f}s" for k, v in summary["timings_s"].items())
+    store = cfg.tracking_uri
+    ui = (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri {store} "
+          f"--workers 1 --host 127.0.0.1 --port 5000   # then open http://127.0.0.1:5000")
+    return (f"\n{table}\n\ntime: {stages}\nsummary: {summary['summary_path']}\n"
+            f"MLflow experiment {cfg.experiment!r}, parent run {summary['mlflow']['parent_run_id']}."
+            f"\nOpen the UI:\n  {ui}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mixray.sweep", description=__doc__.split("\n")[0])
+    parser.add_argument("sweep", nargs="?", default=str(DEFAULT_SWEEP), help="sweep YAML file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override any key of the sweep file (repeatable)")
+    parser.add_argument("--dry-run", action="store_true", help="validate, print the plan, exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        cfg = load_sweep(args.sweep, args.set)
+    except SweepFileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(plan(cfg))
+    if args.dry_run:
+        return 0
+    import ray
+
+    for key, value in worker_env().items():
+        os.environ.setdefault(key, value)
+    start = time.perf_counter()
+    # RAY_ADDRESS (set by `ray job submit`) makes this connect to the cluster; else a local one.
+    ray.init(runtime_env={"env_vars": worker_env()}, log_to_driver=True)
+    try:
+        summary = run_sweep(cfg)
+    finally:
+        ray.shutdown()
+    print(format_summary(cfg, summary))
+    print(f"sweep finished in {time.perf_counter() - start:.0f} s")
+    return 0 if all(t["error"] is None for t in summary["trials"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
