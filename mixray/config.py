@@ -90,7 +90,6 @@ class CurateConfig(Strict):
         description="'correct' is rejection sampling; 'all' keeps every response (the no-rejection "
         "ablation, and what lets random test models train).",
     )
-    timeout_s: float = Field(5.0, gt=0, description="Upper bound on one answer check.")
 
 
 class MixConfig(Strict):

@@ -80,24 +80,41 @@ class _EngineActor:
 
 
 def run_generation(job: GenerationJob, problems_path: Path, out_dir: Path) -> dict[str, float]:
-    """Generate one completion per problem into ``out_dir`` (Parquet parts); return throughput."""
-    start = time.perf_counter()
-    ds = ray.data.read_parquet(str(problems_path), override_num_blocks=max(2, job.replicas))
-    ds = ds.map_batches(
+    """Generate one completion per problem into ``out_dir`` (Parquet parts); return throughput.
+
+    Problems enter as in-memory blocks of one batch each and results come back to this process,
+    which writes the parts: no Ray Data read or write tasks, which would each claim a whole CPU
+    and, with two trials evaluating at once on 2 CPUs, starve the engine actors forever.
+    """
+    # Our per-part log lines (rows, tok/s, ETA) replace Ray Data's bars, which interleave
+    # unreadably when two trials evaluate at once.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    problems = pq.read_table(problems_path)
+    blocks = [problems.slice(i, job.batch_size) for i in range(0, problems.num_rows, job.batch_size)]
+    ds = ray.data.from_arrow(blocks).map_batches(
         _EngineActor,
         fn_constructor_kwargs={"job": job},
         compute=ray.data.ActorPoolStrategy(size=job.replicas),
         batch_size=job.batch_size,
         num_cpus=job.cpus_per_engine,
+        batch_format="numpy",
     )
-    ds.write_parquet(str(out_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start, rows, tokens = time.perf_counter(), 0, 0
+    for i, part in enumerate(ds.iter_batches(batch_size=None, batch_format="pyarrow")):
+        pq.write_table(part, out_dir / f"part-{i:05d}.parquet")
+        rows += part.num_rows
+        tokens += int(np.sum(part["n_tokens"].to_numpy()))
+        elapsed = time.perf_counter() - start
+        eta = elapsed / rows * (problems.num_rows - rows)
+        log.info("generate[%s]: %d/%d rows, %.1f tok/s, ETA %.0f s", job.label, rows,
+                 problems.num_rows, tokens / elapsed, eta)
     seconds = time.perf_counter() - start
-    table = pq.read_table(out_dir)
-    tokens = int(np.sum(table["n_tokens"].to_numpy()))
-    stats = {"rows": table.num_rows, "tokens": tokens, "seconds": round(seconds, 1),
+    assert rows == problems.num_rows, f"generated {rows} rows for {problems.num_rows} problems"
+    stats = {"rows": rows, "tokens": tokens, "seconds": round(seconds, 1),
              "tokens_per_s": round(tokens / seconds, 1)}
-    log.info("generate[%s]: %d rows, %d tokens in %.0f s (%.1f tok/s)", job.label,
-             stats["rows"], tokens, seconds, stats["tokens_per_s"])
+    log.info("generate[%s]: done, %d rows, %d tokens in %.0f s (%.1f tok/s)", job.label, rows,
+             tokens, seconds, stats["tokens_per_s"])
     return stats
 
 

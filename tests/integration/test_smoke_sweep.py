@@ -1,0 +1,84 @@
+"""The smoke sweep end to end on local Ray: MLflow lineage, artifacts, and caching across runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mixray.config import load_sweep
+from mixray.sweep import run_sweep
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_cluster, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    cfg = load_sweep(REPO / "sweeps" / "smoke.yaml", [f"run_root={root}"])
+    first = run_sweep(cfg)
+    second = run_sweep(cfg)
+    return cfg, first, second
+
+
+def _children(cfg, parent_id: str):
+    client = MlflowClient(tracking_uri=cfg.tracking_uri)
+    exp = client.get_experiment_by_name(cfg.experiment)
+    return client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def test_parent_run_has_one_finished_child_per_trial(sweep) -> None:
+    cfg, first, _ = sweep
+    client = MlflowClient(tracking_uri=cfg.tracking_uri)
+    parent = client.get_run(first["mlflow"]["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    children = _children(cfg, parent.info.run_id)
+    assert len(children) == len(cfg.trials()) == 2
+    shares = sorted(float(c.data.params["long_share"]) for c in children)
+    assert shares == sorted(cfg.search.long_share)
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.params["student"] == "tiny-random"
+        assert "teachers.long.model" in child.data.params
+        assert child.data.metrics["train_loss"] > 0
+        assert 0.0 <= child.data.metrics["eval_accuracy"] <= 1.0
+        assert child.data.metrics["eval_n"] == cfg.problems.eval_size
+        steps = client.get_metric_history(child.info.run_id, "train_loss")
+        assert [m.step for m in steps if m.step > 0] == list(range(1, cfg.train.max_steps + 1))
+
+
+def test_trials_in_the_summary(sweep) -> None:
+    cfg, first, _ = sweep
+    assert len(first["trials"]) == 2
+    assert all(t["error"] is None and t["mix_rows"] > 0 for t in first["trials"])
+    # share 0 trains on short CoT only; share 0.5 on both pools
+    rows = {t["long_share"]: t["mix_rows"] for t in first["trials"]}
+    assert rows[0.0] == cfg.problems.train_size
+
+
+def test_generation_artifacts_exist(sweep) -> None:
+    cfg, first, _ = sweep
+    for label in cfg.teachers:
+        gen = Path(first["stages"][f"generate.{label}"]["path"])
+        table = pq.read_table(gen / "data")
+        assert table.num_rows == cfg.problems.train_size
+        assert set(table["teacher"].to_pylist()) == {label}
+        assert len(set(table["problem_id"].to_pylist())) == table.num_rows
+        for col in ("prompt", "completion", "n_tokens", "finish_reason"):
+            assert col in table.column_names
+        assert (gen / "spec.json").exists()
+        cur = Path(first["stages"][f"curate.{label}"]["path"])
+        assert pq.read_table(cur / "pool.parquet").num_rows == table.num_rows  # keep: all
+        assert first["stages"][f"curate.{label}"]["stats"]["rows"] == table.num_rows
+
+
+def test_second_run_does_no_new_generation(sweep) -> None:
+    cfg, first, second = sweep
+    assert all(not s["cached"] for s in first["stages"].values())
+    assert all(s["cached"] for s in second["stages"].values())
+    for name, stage in first["stages"].items():
+        assert second["stages"][name]["path"] == stage["path"]
+    assert second["mlflow"]["parent_run_id"] != first["mlflow"]["parent_run_id"]
+    assert len(_children(cfg, second["mlflow"]["parent_run_id"])) == 2

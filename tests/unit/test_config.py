@@ -1,0 +1,101 @@
+"""Sweep-file validation: good files load, every kind of mistake names the file and the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mixray.config import SweepFileError, load_sweep
+
+REPO = Path(__file__).resolve().parents[2]
+SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
+def test_shipped_sweeps_validate(path: Path) -> None:
+    cfg = load_sweep(path)
+    assert len(cfg.trials()) >= 2
+    assert cfg.mix.long_pool in cfg.teachers and cfg.mix.short_pool in cfg.teachers
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _smoke() -> dict:
+    return yaml.safe_load((REPO / "sweeps" / "smoke.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "expected"),
+    [
+        (lambda d: d["train"].update(zero_stag=2), "train.zero_stag", "unknown key"),
+        (lambda d: d["train"].update(zero_stage=5), "train.zero_stage", "0, 1, 2 or 3"),
+        (lambda d: d["train"].update(max_steps="many"), "train.max_steps", "integer"),
+        (lambda d: d["search"].update(long_share=[0.2, 1.5]), "search.long_share", "[0, 1]"),
+        (lambda d: d["teachers"]["long"].update(style="medium"), "teachers.long.style", "'long'"),
+        (lambda d: d["teachers"]["long"].update(prompt="no field"), "teachers.long.prompt", "{problem}"),
+        (lambda d: d["problems"].update(task="no_such_task"), "problems.task", "unknown reasoning-gym"),
+        (lambda d: d.pop("students"), "students", "missing"),
+        (lambda d: d["mix"].update(long_pool="huge") if "mix" in d else d.update(mix={"long_pool": "huge"}),
+         "mix.long_pool", "not a teacher label"),
+    ],
+)
+def test_mistakes_name_file_key_and_expectation(tmp_path, edit, key, expected) -> None:
+    data = _smoke()
+    edit(data)
+    path = _write(tmp_path, data)
+    with pytest.raises(SweepFileError) as err:
+        load_sweep(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert key in message or key.split(".")[0] in message
+    assert expected in message
+
+
+def test_override_sets_nested_values_with_yaml_types() -> None:
+    cfg = load_sweep(REPO / "sweeps" / "smoke.yaml",
+                     ["train.max_steps=7", "search.long_share=[0.1, 0.3, 0.9]", "name=other"])
+    assert cfg.train.max_steps == 7
+    assert cfg.search.long_share == [0.1, 0.3, 0.9]
+    assert cfg.name == "other" and cfg.experiment == "other"
+    assert len(cfg.trials()) == 3
+
+
+def test_override_of_unknown_key_is_refused() -> None:
+    with pytest.raises(SweepFileError, match="bogus"):
+        load_sweep(REPO / "sweeps" / "smoke.yaml", ["bogus.key=1"])
+
+
+def test_concurrency_follows_declared_resources() -> None:
+    cfg = load_sweep(REPO / "sweeps" / "smoke.yaml", ["search.long_share=[0, 0.25, 0.5, 1]"])
+    assert cfg.cpus_per_trial() == pytest.approx(0.99)
+    assert cfg.max_concurrent_trials(2.0) == 2
+    assert cfg.max_concurrent_trials(1.0) == 1
+    assert cfg.max_concurrent_trials(64.0) == 4  # never more than there are trials
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mixray.sweep", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_bad_key_exits_2_with_one_paragraph_and_no_traceback() -> None:
+    proc = _cli("sweeps/smoke.yaml", "--set", "bogus.key=1")
+    assert proc.returncode == 2
+    assert "bogus" in proc.stderr and "sweeps/smoke.yaml" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_cli_dry_run_prints_the_plan() -> None:
+    proc = _cli("sweeps/laptop.yaml", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    for word in ("problems", "teacher", "'long'", "'short'", "trials   : 2", "DeepSpeed ZeRO-2",
+                 "CPU per trial"):
+        assert word in proc.stdout

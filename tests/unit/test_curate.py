@@ -1,0 +1,66 @@
+"""Answer extraction, verification and curation statistics."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from mixray.curate.extract import extract_answer, last_boxed
+from mixray.curate.stage import score, stats
+from mixray.curate.verify import is_correct
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("so the answer is \\boxed{42}.", "42"),
+        ("\\boxed{1} then \\boxed{\\frac{3}{4}}", "\\frac{3}{4}"),  # the last box counts
+        ("\\boxed{\\sqrt{\\frac{1}{2}}}", "\\sqrt{\\frac{1}{2}}"),  # nested braces
+        ("Final Answer: 17.", "17"),
+        ("Final answer: $-3$", "-3"),
+        ("we get 3, then 1,250 in total", "1250"),  # last number, commas removed
+        ("no digits here", None),
+        ("cut off inside \\boxed{12", "12"),  # an unbalanced box falls back to the last number
+    ],
+)
+def test_extract_answer(text: str, expected: str | None) -> None:
+    assert extract_answer(text) == expected
+
+
+def test_last_boxed_of_unbalanced_box_is_none() -> None:
+    assert last_boxed("\\boxed{\\frac{1}{2}") is None
+
+
+@pytest.mark.parametrize(
+    ("predicted", "gold", "ok"),
+    [("\\frac{1}{2}", "0.5", True), ("12", "12", True), ("-1", "-1", True), ("7", "8", False),
+     (None, "3", False), ("1" * 400, "1", False), ("\\dfrac{6}{4}", "3/2", True)],
+)
+def test_is_correct(predicted, gold, ok) -> None:
+    assert is_correct(predicted, gold) is ok
+
+
+def _generations() -> pa.Table:
+    return pa.table({
+        "problem_id": ["a", "b", "c", "d"],
+        "answer": ["2", "3", "4", "5"],
+        "completion": ["Final Answer: \\boxed{2}", "\\boxed{4}", "I am not sure", "so 5"],
+        "n_tokens": [10, 20, 30, 40],
+        "finish_reason": ["stop", "stop", "length", "stop"],
+    })
+
+
+def test_score_and_stats() -> None:
+    scored = score(_generations())
+    assert scored["correct"].to_pylist() == [True, False, False, True]
+    assert scored["extracted"].to_pylist() == ["2", "4", None, "5"]
+    s = stats(scored)
+    assert s["rows"] == 4 and s["accepted"] == 2
+    assert s["acceptance_rate"] == 0.5
+    assert s["no_answer_rate"] == 0.25 and s["truncation_rate"] == 0.25
+    assert s["tokens_mean"] == 25.0 and s["tokens_p50"] == 25.0
+
+
+def test_score_names_missing_columns() -> None:
+    with pytest.raises(ValueError, match="answer"):
+        score(_generations().drop(["answer"]))
