@@ -1,0 +1,126 @@
+"""Benchmark statistics from scored samples: accuracy with its standard error, pass@k, maj@k,
+response lengths, truncation and no-answer rates, and the paper's P (mean accuracy over benchmarks).
+
+Pure Python on plain rows (``table.to_pylist()`` of a scored generation table), so it runs the same
+in a test, a driver or an actor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+ROW_KEYS = ("problem_id", "sample_idx", "extracted", "correct", "n_tokens", "finish_reason")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k) for n samples, c correct.
+
+    Computed as 1 - prod_{i=n-c+1}^{n} (1 - k/i), which never forms the huge binomials.
+    """
+    if n < 1 or k < 1 or c < 0:
+        raise ValueError(f"pass@k needs n >= 1, k >= 1, c >= 0; got n={n}, c={c}, k={k}")
+    if k > n or c > n:
+        raise ValueError(f"pass@k needs k <= n and c <= n; got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0  # every k-subset contains a correct sample
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def maj_at_k(answers: Sequence[str | None], correct_flags: Sequence[bool], k: int) -> float:
+    """1.0 if the most frequent answer among the first ``k`` samples is correct, else 0.0.
+
+    Answers vote by exact text (whitespace-stripped), as in common harnesses: equivalent spellings
+    ("0.5", "\\frac{1}{2}") split their vote. Ties go to the answer seen first; None never wins.
+    """
+    if len(answers) != len(correct_flags):
+        raise ValueError(f"{len(answers)} answers but {len(correct_flags)} correct flags")
+    if not 1 <= k <= len(answers):
+        raise ValueError(f"maj@k needs 1 <= k <= {len(answers)} samples; got k={k}")
+    keys = [a.strip() if a is not None else None for a in answers[:k]]
+    votes = Counter(key for key in keys if key)
+    if not votes:
+        return 0.0
+    # Counter.most_common keeps first-seen order among equal counts, so ties go to the earliest.
+    winner = votes.most_common(1)[0][0]
+    return 1.0 if correct_flags[keys.index(winner)] else 0.0
+
+
+def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample std, ddof=1, over sqrt(n)); 0 error for n=1."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("mean_and_stderr needs at least one value")
+    mean = math.fsum(values) / n
+    if n == 1:
+        return mean, 0.0
+    variance = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(variance / n)
+
+
+def _group_by_problem(rows: Iterable[Mapping[str, Any]]) -> dict[Any, list[Mapping[str, Any]]]:
+    """Rows per problem, each list sorted by sample_idx (maj@k uses the first k samples)."""
+    groups: dict[Any, dict[int, Mapping[str, Any]]] = defaultdict(dict)
+    for row in rows:
+        missing = [key for key in ROW_KEYS if key not in row]
+        if missing:
+            raise ValueError(f"scored row lacks {missing}; has {sorted(row)}")
+        samples = groups[row["problem_id"]]
+        if row["sample_idx"] in samples:
+            pid, idx = row["problem_id"], row["sample_idx"]
+            raise ValueError(f"duplicate sample {idx} of problem {pid!r}")
+        samples[row["sample_idx"]] = row
+    if not groups:
+        raise ValueError("no scored rows")
+    return {pid: [s[i] for i in sorted(s)] for pid, s in groups.items()}
+
+
+def _sample_rates(samples: list[Mapping[str, Any]]) -> dict[str, float]:
+    n = len(samples)
+    return {
+        "response_tokens_mean": math.fsum(s["n_tokens"] for s in samples) / n,
+        "truncation_rate": sum(s["finish_reason"] == "length" for s in samples) / n,
+        "no_answer_rate": sum(not s["extracted"] for s in samples) / n,
+    }
+
+
+def benchmark_metrics(
+    rows: Iterable[Mapping[str, Any]], ks: Sequence[int] = (1,)
+) -> dict[str, float]:
+    """Metrics of one benchmark from per-sample rows with keys ``ROW_KEYS``.
+
+    ``accuracy`` is pass@1 averaged over each problem's samples, then over problems;
+    ``accuracy_stderr`` is its standard error over problems. ``pass@k`` and ``maj@k`` are reported
+    for each k in ``ks`` that every problem has samples for (k <= the smallest n).
+    """
+    problems = _group_by_problem(rows)
+    flags = {pid: [bool(s["correct"]) for s in samples] for pid, samples in problems.items()}
+    accuracy, stderr = mean_and_stderr([sum(f) / len(f) for f in flags.values()])
+    metrics: dict[str, float] = {"accuracy": accuracy, "accuracy_stderr": stderr}
+    min_n = min(len(f) for f in flags.values())
+    for k in sorted({k for k in ks if k <= min_n}):
+        metrics[f"pass@{k}"] = _mean(pass_at_k(len(f), sum(f), k) for f in flags.values())
+        metrics[f"maj@{k}"] = _mean(
+            maj_at_k([s["extracted"] for s in problems[pid]], flags[pid], k) for pid in problems
+        )
+    all_samples = [s for samples in problems.values() for s in samples]
+    metrics |= _sample_rates(all_samples)
+    metrics |= {"n_problems": len(problems), "n_samples": len(all_samples)}
+    return metrics
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return math.fsum(values) / len(values)
+
+
+def average_over_benchmarks(metrics_by_benchmark: Mapping[str, Mapping[str, float]]) -> float:
+    """The paper's P: the unweighted mean of each benchmark's ``accuracy``."""
+    if not metrics_by_benchmark:
+        raise ValueError("average_over_benchmarks needs at least one benchmark")
+    missing = [name for name, m in metrics_by_benchmark.items() if "accuracy" not in m]
+    if missing:
+        raise ValueError(f"benchmarks without an accuracy: {missing}")
+    return _mean(m["accuracy"] for m in metrics_by_benchmark.values())
