@@ -9,7 +9,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from mixray.config import EvaluateConfig, SamplingConfig
-from mixray.curate.stage import score, stats
+from mixray.curate.stage import score
+from mixray.evaluate.scoring import benchmark_metrics
 from mixray.generate.stage import GenerationJob, run_generation
 
 log = logging.getLogger(__name__)
@@ -34,14 +35,16 @@ def evaluate_model(
     run_generation(job, problems, out_dir / "generations")
     scored = score(pq.read_table(out_dir / "generations"))
     pq.write_table(scored, out_dir / "scored.parquet")
-    s = stats(scored)
+    m = benchmark_metrics(scored.to_pylist())
     metrics = {
-        "eval_accuracy": s["acceptance_rate"],
-        "eval_n": s["rows"],
-        "eval_no_answer_rate": s["no_answer_rate"],
-        "eval_truncation_rate": s["truncation_rate"],
-        "eval_tokens_mean": s["tokens_mean"],
+        "eval_accuracy": m["accuracy"],
+        "eval_accuracy_stderr": m["accuracy_stderr"],
+        "eval_n": m["n_problems"],
+        "eval_no_answer_rate": m["no_answer_rate"],
+        "eval_truncation_rate": m["truncation_rate"],
+        "eval_tokens_mean": m["response_tokens_mean"],
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    log.info("evaluate %s: accuracy %.3f on %d problems", model_dir, metrics["eval_accuracy"], s["rows"])
+    log.info("evaluate %s: accuracy %.3f ± %.3f on %d problems", model_dir, m["accuracy"],
+             m["accuracy_stderr"], m["n_problems"])
     return metrics
