@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from mixray import models
+from mixray import logs, models
 from mixray.config import SweepConfig, SweepFileError, load_sweep
 
 log = logging.getLogger("mixray")
@@ -133,7 +133,8 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             {"trial": trial_name(r.config), "student": r.config["student"],
              "long_share": r.config["long_share"], "error": str(r.error) if r.error else None,
              **{k: (r.metrics or {}).get(k) for k in
-                ("mix_rows", "train_loss", "eval_accuracy", "eval_tokens_mean")}}
+                ("mix_rows", "train_loss", "eval_accuracy", "eval_accuracy_stderr",
+                 "eval_tokens_mean")}}
             for r in grid
         ]
         ok = not grid.errors
@@ -148,11 +149,12 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
 
 
 def format_summary(cfg: SweepConfig, summary: dict[str, Any]) -> str:
-    rows = [("trial", "long share", "mix rows", "train loss", "eval acc", "status")]
+    rows = [("trial", "long share", "mix rows", "train loss", "eval acc ± se", "status")]
     for t in sorted(summary["trials"], key=lambda t: (t["student"], t["long_share"])):
         fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
         rows.append((t["trial"], f"{t['long_share']:g}", fmt(t["mix_rows"], "d"),
-                     fmt(t["train_loss"], ".4f"), fmt(t["eval_accuracy"], ".3f"),
+                     fmt(t["train_loss"], ".4f"),
+                     fmt(t["eval_accuracy"], ".3f") + " ± " + fmt(t["eval_accuracy_stderr"], ".3f"),
                      "FAILED" if t["error"] else "ok"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
@@ -172,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="override any key of the sweep file (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="validate, print the plan, exit")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logs.configure()
     try:
         cfg = load_sweep(args.sweep, args.set)
     except SweepFileError as e:

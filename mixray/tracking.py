@@ -90,7 +90,9 @@ def finish_child(cfg: SweepConfig, run_id: str, history: list[dict], metrics: di
     c = client(cfg)
     steps = [Metric(k, float(v), 0, int(h["step"])) for h in history for k, v in h.items()
              if k != "step"]
-    final = [Metric(k, float(v), 0, 0) for k, v in metrics.items()]
+    # Final metrics sit at the last step, so curves end where training ended (not at step 0).
+    last = int(history[-1]["step"])
+    final = [Metric(k, float(v), 0, last) for k, v in metrics.items() if k not in history[-1]]
     c.log_batch(run_id, metrics=steps + final)
     c.set_tag(run_id, "mixray.manifest_hash", data_card["content_hash"])
     _log_json(c, run_id, "data_card.json", data_card)

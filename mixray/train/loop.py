@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from mixray import logs
 from mixray.train.data import batch_indices, collate, encode
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def deepspeed_config(a: LoopArgs, world: int) -> dict:
 
 def train_loop_per_worker(config: dict) -> None:
     a = LoopArgs(**config)
+    logs.configure()
     torch.set_num_threads(a.torch_threads)
     torch.manual_seed(a.seed)
     rank, world = dist.get_rank(), dist.get_world_size()
