@@ -1,4 +1,4 @@
-"""The only module that imports mlflow: one experiment per sweep, a parent run per invocation,
+"""The only module that writes to mlflow (report.py reads it): one experiment per sweep, a parent run per invocation,
 a child run per trial. Uses explicit `MlflowClient`s (no global active run), so trials running in
 other processes log safely to the same store.
 """
