@@ -1,6 +1,6 @@
 """The only module that writes to MLflow (report.py reads it): one experiment per sweep, a
-parent run per invocation, a child run per trial. Uses explicit `MlflowClient`s (no global active run), so trials running in
-other processes log safely to the same store.
+parent run per invocation, a child run per trial. Uses explicit `MlflowClient`s (no global
+active run), so trials running in other processes log safely to the same store.
 """
 
 from __future__ import annotations
