@@ -53,6 +53,13 @@ class StageDir:
         tmp.mkdir(parents=True)
         return tmp
 
+    def partial(self) -> Path:
+        """A stable work dir for this key, for stages that resume: a killed run's finished
+        parts stay there for the rerun, which adds only what is missing, then `commit`s it."""
+        work = self.path.parent / f".partial-{self.key}"
+        work.mkdir(parents=True, exist_ok=True)
+        return work
+
     def commit(self, tmp: Path) -> Path:
         (tmp / "spec.json").write_text(json.dumps(self.spec, indent=2, sort_keys=True, default=str))
         (tmp / MARKER).write_text("")

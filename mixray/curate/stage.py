@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mixray.artifacts import StageDir
@@ -34,17 +35,20 @@ def score(table: pa.Table) -> pa.Table:
 
 
 def stats(scored: pa.Table) -> dict[str, float]:
+    """Acceptance, no-answer, truncation and error rates, and token lengths of a scored table."""
     n = scored.num_rows
-    tokens = scored["n_tokens"].to_numpy() if n else np.zeros(1)
-    correct = scored["correct"].to_numpy(zero_copy_only=False) if n else np.zeros(1, bool)
+    if n == 0:
+        raise ValueError("no generated rows to curate")
+    reasons = scored["finish_reason"].to_pylist()
+    tokens = scored["n_tokens"].to_numpy()
+    accepted = int(pc.sum(scored["correct"]).as_py() or 0)
     return {
         "rows": n,
-        "accepted": int(correct.sum()) if n else 0,
-        "acceptance_rate": float(correct.mean()) if n else 0.0,
-        "no_answer_rate": float(np.mean([e is None for e in scored["extracted"].to_pylist()]))
-        if n else 0.0,
-        "truncation_rate": float(np.mean([r == "length" for r in scored["finish_reason"].to_pylist()]))
-        if n else 0.0,
+        "accepted": accepted,
+        "acceptance_rate": accepted / n,
+        "no_answer_rate": scored["extracted"].null_count / n,
+        "truncation_rate": reasons.count("length") / n,
+        "error_rate": reasons.count("error") / n,
         "tokens_mean": float(np.mean(tokens)),
         "tokens_p50": float(np.percentile(tokens, 50)),
         "tokens_p90": float(np.percentile(tokens, 90)),

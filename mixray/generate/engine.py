@@ -14,7 +14,7 @@ Messages = list[dict[str, str]]
 class Completion:
     text: str
     n_tokens: int
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "error"]
 
 
 class Engine(Protocol):
