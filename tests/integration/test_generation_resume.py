@@ -50,3 +50,51 @@ def test_resume_generates_only_missing_rows(ray_cluster, tmp_path: Path) -> None
 
     again, again_stats = generate_teacher("short", teacher, model, problems_k, killed_root)
     assert again_stats is None and again.path == resumed.path  # committed: reused, not redone
+
+
+KILLABLE = """
+import sys
+import ray
+from mixray import models
+from mixray.config import load_sweep
+from mixray.generate.stage import generate_teacher
+from mixray.problems import build_problems
+
+address, sweep, root = sys.argv[1:4]
+ray.init(address=address)
+cfg = load_sweep(sweep, [f"run_root={root}", "problems.train_size=96"])
+teacher = cfg.teachers["long"].model_copy(update={"batch_size": 4})
+problems, _ = build_problems(cfg.problems, cfg.run_root_path)
+generate_teacher("long", teacher, models.resolve(teacher.model), problems, cfg.run_root_path)
+"""
+
+
+def test_hard_kill_mid_generation_then_resume(ray_cluster, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    address = ray_cluster.get_runtime_context().gcs_address
+    sweep = str(REPO / "sweeps" / "smoke.yaml")
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, address, sweep, str(tmp_path)])
+    cfg = load_sweep(sweep, [f"run_root={tmp_path}", "problems.train_size=96"])
+    teacher = cfg.teachers["long"].model_copy(update={"batch_size": 4})
+    problems, _ = build_problems(cfg.problems, tmp_path)
+    stage = teacher_stage("long", teacher, problems, tmp_path)
+    work = stage.path.parent / f".partial-{stage.key}" / "data"
+    deadline = time.monotonic() + 300
+    while not list(work.glob("part-*.parquet")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no part written in 300 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # hard: no cleanup, no commit
+    proc.wait()
+    assert not stage.is_committed(), "the run finished before it could be killed"
+
+    before = pq.read_table(sorted(work.glob("part-*.parquet"))).num_rows
+    _, stats = generate_teacher("long", teacher, models.resolve(teacher.model), problems, tmp_path)
+    table = pq.read_table(stage.path / "data")
+    ids = table["problem_id"].to_pylist()
+    assert len(ids) == 96 and len(set(ids)) == 96
+    assert stats["resumed_rows"] >= before > 0
+    assert stats["rows"] == 96 - stats["resumed_rows"] < 96
