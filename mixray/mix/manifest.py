@@ -1,86 +1,199 @@
-"""A two-pool mix by share of samples -> an ordered, hashed manifest plus a data card.
+"""Pools + MixSpec -> the ordered, hashed training manifest and its data card.
 
-"Share" means a share of the final mixture counted in samples; the data card also reports the
-realised share in tokens. Rows are drawn without replacement, so the mixture is as large as the
-scarcer pool allows at the requested share: N = min(L / s, S / (1 - s)).
+The manifest is the list of rows training reads, in order (the loop takes global batch k as rows
+[k*G, (k+1)*G), cycling): pool, row id in the pool, problem_id, prompt, completion, n_tokens and
+the schedule phase. It is a pure function of the pools' content and the spec (seed included), so
+a run resumed at step k rebuilds it and reads on from row k*G exactly as it would have
+(`Manifest.rows_from`). The content hash keys it by all of that.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
-from mixray.config import MixConfig
+from mixray.config import LengthOrderSchedule, MixSpec
+from mixray.mix.card import data_card
+from mixray.mix.sampler import Pick, PoolStreams, ProblemStream, Source, interleave, rng_for
+from mixray.mix.schedule import Segment, demand, segments
 
 COLUMNS = ("problem_id", "prompt", "completion", "n_tokens")
+POOL_SCHEMA = pa.schema([("problem_id", pa.string()), ("prompt", pa.string()),
+                         ("completion", pa.string()), ("n_tokens", pa.int64())])
 
 
 @dataclass(frozen=True)
 class Manifest:
-    table: pa.Table  # columns: pool, row, problem_id, prompt, completion, n_tokens — in train order
+    table: pa.Table  # pool, row, problem_id, prompt, completion, n_tokens, phase — in train order
     card: dict
 
     @property
     def content_hash(self) -> str:
         return self.card["content_hash"]
 
-
-def mixture_size(n_long: int, n_short: int, share: float) -> tuple[int, int]:
-    """Largest (long, short) counts with long/(long+short) ≈ share, drawing without replacement."""
-    if share <= 0.0:
-        return 0, n_short
-    if share >= 1.0:
-        return n_long, 0
-    total = math.floor(min(n_long / share, n_short / (1.0 - share)) + 1e-9)
-    take_long = min(n_long, round(share * total))
-    return take_long, min(n_short, total - take_long)
+    def rows_from(self, step: int, global_batch: int, stop: int | None = None) -> pa.Table:
+        """The rows training reads at steps [step, stop), as the loop's cycled windows of
+        `global_batch` rows; `stop` defaults to the end of the first pass over the manifest."""
+        n = self.table.num_rows
+        stop = math.ceil(n / global_batch) if stop is None else stop
+        idx = [(s * global_batch + i) % n for s in range(step, stop) for i in range(global_batch)]
+        return self.table.take(pa.array(idx, pa.int64()))
 
 
-def build_manifest(pools: dict[str, pa.Table], cfg: MixConfig) -> Manifest:
-    for name in (cfg.long_pool, cfg.short_pool):
-        missing = [c for c in COLUMNS if c not in pools[name].column_names]
-        if missing:
-            raise ValueError(f"pool {name!r} lacks columns {missing}")
-    long_t, short_t = pools[cfg.long_pool], pools[cfg.short_pool]
-    k_long, k_short = mixture_size(long_t.num_rows, short_t.num_rows, cfg.long_share)
-    if k_long + k_short == 0:
-        raise ValueError(
-            f"mix with long_share={cfg.long_share} is empty: pool {cfg.long_pool!r} has "
-            f"{long_t.num_rows} rows, pool {cfg.short_pool!r} has {short_t.num_rows}"
-        )
-    rng = np.random.default_rng(cfg.seed)
-    parts = []
-    for name, table, k in ((cfg.long_pool, long_t, k_long), (cfg.short_pool, short_t, k_short)):
-        rows = np.sort(rng.choice(table.num_rows, size=k, replace=False))
-        part = table.select(list(COLUMNS)).take(pa.array(rows, pa.int64()))
-        parts.append(
-            part.add_column(0, "row", pa.array(rows, pa.int64())).add_column(
-                0, "pool", pa.array([name] * k, pa.string())
-            )
-        )
-    table = pa.concat_tables(parts)
-    table = table.take(pa.array(rng.permutation(table.num_rows), pa.int64()))
-    return Manifest(table, data_card(table, cfg))
+def build_manifest(pools: dict[str, pa.Table], spec: MixSpec) -> Manifest:
+    """Mix `pools` (teacher label -> curated table) as `spec` says; ValueError on user mistakes."""
+    tables = _named_pools(pools, spec)
+    segs = segments(spec)
+    source, problems = _source(tables, spec)
+    budget = resolve_budget(spec, tables, segs, problems)
+    picks = interleave(segs, source, budget, whole=spec.unit == "samples",
+                       drain=spec.per_problem and spec.budget == "all")
+    if not picks:
+        sizes = {p: t.num_rows for p, t in tables.items()}
+        raise ValueError(f"the mix is empty: mix.pools {spec.pools} over pools of {sizes} rows "
+                         f"give no rows (budget {spec.budget!r})")
+    table = _assemble(tables, picks)
+    if isinstance(spec.schedule, LengthOrderSchedule):
+        table = _length_order(table, spec)
+    card = data_card(table, spec, segs, budget, tables)
+    card["content_hash"] = content_hash(spec, tables, table)
+    return Manifest(table, card)
 
 
-def data_card(table: pa.Table, cfg: MixConfig) -> dict:
-    pools = table["pool"].to_pylist()
-    tokens = table["n_tokens"].to_numpy()
+def _named_pools(pools: dict[str, pa.Table], spec: MixSpec) -> dict[str, pa.Table]:
+    """The spec's pools in its order, checked and cast to one schema (so they concatenate)."""
+    missing = [p for p in spec.pools if p not in pools]
+    if missing:
+        raise ValueError(f"mix.pools names {missing}, but the pools given are {sorted(pools)}")
+    out = {}
+    for name in spec.pools:
+        lacking = [c for c in COLUMNS if c not in pools[name].column_names]
+        if lacking:
+            raise ValueError(f"pool {name!r} lacks columns {lacking}")
+        table = pools[name].select(list(COLUMNS)).cast(POOL_SCHEMA)
+        if table.num_rows and (table["n_tokens"].null_count or min(_tokens(table)) < 0):
+            raise ValueError(f"pool {name!r} has missing or negative n_tokens")
+        out[name] = table
+    return out
+
+
+def _tokens(table: pa.Table) -> np.ndarray:
+    return table["n_tokens"].to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _costs(table: pa.Table, spec: MixSpec) -> np.ndarray:
+    """What each row adds to the mix in spec.unit."""
+    return _tokens(table) if spec.unit == "tokens" else np.ones(table.num_rows, np.int64)
+
+
+def _source(tables: dict[str, pa.Table], spec: MixSpec) -> tuple[Source, dict[str, np.ndarray]]:
+    """The row source, and for per_problem the row each pool gives each shared problem."""
+    costs = {p: _costs(t, spec) for p, t in tables.items()}
+    if not spec.per_problem:
+        return PoolStreams(costs, spec.max_repeats, spec.seed), {}
+    rows = shared_problems(tables, spec.seed)
+    return ProblemStream(rows, costs), rows
+
+
+def shared_problems(tables: dict[str, pa.Table], seed: int) -> dict[str, np.ndarray]:
+    """Pool -> its row for each problem present in every pool, problems in seeded random order.
+    A pool with several responses to a problem offers one of them, chosen by the seed."""
+    first: dict[str, dict[str, int]] = {}
+    for name, table in tables.items():
+        ids = table["problem_id"].to_pylist()
+        chosen: dict[str, int] = {}
+        for row in rng_for(seed, "response", name).permutation(len(ids)):
+            chosen.setdefault(ids[row], int(row))
+        first[name] = chosen
+    common = sorted(set.intersection(*(set(c) for c in first.values())))
+    order = [common[i] for i in rng_for(seed, "problems").permutation(len(common))]
+    return {name: np.array([c[pid] for pid in order], np.int64) for name, c in first.items()}
+
+
+def resolve_budget(spec: MixSpec, tables: dict[str, pa.Table], segs: list[Segment],
+                   problems: dict[str, np.ndarray]) -> float:
+    """The mixture's size in spec.unit; ValueError when an explicit budget exceeds the pools."""
+    want = demand(segs)
+    if spec.per_problem:
+        return _problem_budget(spec, tables, want, problems)
+    supply = {p: spec.max_repeats * float(_costs(t, spec).sum()) for p, t in tables.items()}
+    if spec.budget == "all":
+        most = min(supply[p] / w for p, w in want.items() if w > 0)
+        return math.floor(most + 1e-9) if spec.unit == "samples" else most
+    for pool, w in want.items():
+        if spec.budget * w > supply[pool] * (1 + 1e-9):
+            raise ValueError(
+                f"mix.budget asks for {spec.budget} {spec.unit}, {spec.budget * w:.6g} of them "
+                f"from pool {pool!r} (share {w:.3g}), but {pool!r} holds {supply[pool]:.6g} "
+                f"{spec.unit} with mix.max_repeats={spec.max_repeats}; lower the budget or allow "
+                "repetition")
+    return float(spec.budget)
+
+
+def _problem_budget(spec: MixSpec, tables: dict[str, pa.Table], want: dict[str, float],
+                    problems: dict[str, np.ndarray]) -> float:
+    """per_problem: each shared problem once, so the supply is the problems (their expected
+    tokens at these weights, in the tokens unit)."""
+    n = len(next(iter(problems.values())))
+    if spec.unit == "samples":
+        supply = float(n)
+    else:
+        supply = sum(w * float(_tokens(tables[p])[problems[p]].sum()) for p, w in want.items())
+    if spec.budget == "all":
+        return supply
+    if spec.budget > supply * (1 + 1e-9):
+        raise ValueError(f"mix.budget asks for {spec.budget} {spec.unit}, but with "
+                         f"mix.per_problem the {n} problems shared by every pool give about "
+                         f"{supply:.6g}; lower the budget or turn per_problem off")
+    return float(spec.budget)
+
+
+def _assemble(tables: dict[str, pa.Table], picks: list[Pick]) -> pa.Table:
+    pool = np.array([p.pool for p in picks], dtype=object)
+    row = np.array([p.row for p in picks], np.int64)
+    parts, positions = [], []
+    for name, table in tables.items():
+        at = np.flatnonzero(pool == name)
+        if len(at):
+            parts.append(table.take(pa.array(row[at])))
+            positions.append(at)
+    # the parts hold the rows pool by pool; argsort of their positions puts them in pick order
+    body = pa.concat_tables(parts).take(pa.array(np.argsort(np.concatenate(positions))))
+    columns = {"pool": pa.array(pool.tolist(), pa.string()), "row": pa.array(row)}
+    columns |= {c: body[c] for c in COLUMNS}
+    columns["phase"] = pa.array([p.phase for p in picks], pa.int32())
+    return pa.table(columns)
+
+
+def _length_order(table: pa.Table, spec: MixSpec) -> pa.Table:
+    """Short to long by n_tokens (ties in seeded random order), phases = equal slices."""
+    tokens = _tokens(table)
+    ties = rng_for(spec.seed, "length_order").permutation(len(tokens))
+    table = table.take(pa.array(np.lexsort((ties, tokens))))
+    k = spec.schedule.segments
+    costs = _costs(table, spec).astype(np.float64)
+    before = np.cumsum(costs) - costs
+    phase = np.minimum(k - 1, np.floor(k * before / max(costs.sum(), 1.0))).astype(np.int32)
+    return table.set_column(table.schema.get_field_index("phase"), "phase", pa.array(phase))
+
+
+def _column_digest(table: pa.Table) -> str:
     h = hashlib.sha256()
-    for pool, row in zip(pools, table["row"].to_pylist(), strict=True):
-        h.update(f"{pool}:{row};".encode())
-    card = {"requested_long_share": cfg.long_share, "rows": table.num_rows,
-            "tokens": int(tokens.sum()), "content_hash": h.hexdigest()[:16], "pools": {}}
-    for name in (cfg.long_pool, cfg.short_pool):
-        mask = np.array([p == name for p in pools], dtype=bool)
-        card["pools"][name] = {
-            "samples": int(mask.sum()),
-            "tokens": int(tokens[mask].sum()),
-            "sample_share": float(mask.mean()) if len(mask) else 0.0,
-            "token_share": float(tokens[mask].sum() / max(1, tokens.sum())),
-        }
-    return card
+    for name in table.column_names:
+        h.update(json.dumps([name, table[name].to_pylist()]).encode())
+    return h.hexdigest()
+
+
+def content_hash(spec: MixSpec, tables: dict[str, pa.Table], table: pa.Table) -> str:
+    """A key of everything the manifest is a function of (spec, pools' content) and of the
+    manifest itself, so a change of any input gives another hash."""
+    h = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode())
+    for name, pool in tables.items():
+        h.update(json.dumps([name, _column_digest(pool)]).encode())
+    h.update(_column_digest(table.select(["pool", "row", "phase"])).encode())
+    return h.hexdigest()[:16]
