@@ -14,10 +14,13 @@ from typing import Any
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from mixray.config import SweepConfig
+from mixray.config import SweepConfig, trial_name
 
 log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
+TRIAL_TAG = "mixray.trial"
+SUMMARY_METRICS = ("mix_rows", "train_loss", "eval_accuracy", "eval_accuracy_stderr",
+                   "eval_tokens_mean")
 MAX_PARAM_CHARS = 500  # MLflow's limit is 6000; long values are shortened, not refused
 
 
@@ -69,15 +72,32 @@ def start_parent(cfg: SweepConfig, upstream: dict[str, Any]) -> str:
     return run.info.run_id
 
 
-def end_parent(cfg: SweepConfig, run_id: str, ok: bool) -> None:
-    client(cfg).set_terminated(run_id, "FINISHED" if ok else "FAILED")
+def end_parent(cfg: SweepConfig, run_id: str, status: str) -> None:
+    assert status in ("FINISHED", "FAILED", "KILLED"), status
+    client(cfg).set_terminated(run_id, status)
+
+
+def reopen_parent(cfg: SweepConfig, parent_id: str) -> dict[str, dict[str, float]]:
+    """For --resume: mark the parent running again, close children an interruption left
+    RUNNING as KILLED, and return the finished trials: name -> summary metrics."""
+    c = client(cfg)
+    c.update_run(parent_id, status="RUNNING")
+    finished = {}
+    for child in c.search_runs([c.get_run(parent_id).info.experiment_id],
+                               f"tags.`{PARENT_TAG}` = '{parent_id}'"):
+        if child.info.status == "FINISHED":
+            finished[child.data.tags[TRIAL_TAG]] = {
+                k: child.data.metrics.get(k) for k in SUMMARY_METRICS}
+        elif child.info.status == "RUNNING":
+            c.set_terminated(child.info.run_id, "KILLED")
+    return finished
 
 
 def start_child(cfg: SweepConfig, parent_id: str, trial: dict[str, Any]) -> str:
     c = client(cfg)
-    name = f"{Path(trial['student']).name}-long{trial['long_share']:g}"
+    name = trial_name(trial)
     run = c.create_run(ensure_experiment(cfg), run_name=name,
-                       tags={PARENT_TAG: parent_id, "mixray.kind": "trial"})
+                       tags={PARENT_TAG: parent_id, "mixray.kind": "trial", TRIAL_TAG: name})
     params = {"student": trial["student"], "long_share": trial["long_share"],
               "teachers": {k: {"model": t.model, "style": t.style} for k, t in cfg.teachers.items()},
               "train": cfg.train.model_dump()}
