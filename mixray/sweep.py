@@ -57,7 +57,8 @@ def plan(cfg: SweepConfig) -> str:
         f"trials   : {len(cfg.trials())} = students {cfg.students} x long_share "
         f"{cfg.search.long_share} (pools {cfg.mix.long_pool!r}/{cfg.mix.short_pool!r})",
         f"train    : Ray Train + DeepSpeed ZeRO-{t.zero_stage}, {t.dtype}, {t.num_workers} workers, "
-        f"{t.max_steps} steps x global batch {t.micro_batch_size * t.num_workers}, lr {t.lr:g}",
+        f"{f'{t.epochs:g} epochs' if t.epochs else f'{t.max_steps} steps'} x global batch "
+        f"{t.global_batch}, lr {t.lr:g} ({t.lr_schedule}), packing {t.packing}",
         f"evaluate : {cfg.problems.eval_size} held-out problems, greedy, max "
         f"{cfg.evaluate.max_new_tokens} tokens",
         f"resources: {cfg.cpus_per_trial():g} CPU per trial, {cfg.resources.cpus_per_engine:g} "
@@ -241,7 +242,8 @@ def format_summary(cfg: SweepConfig, summary: dict[str, Any]) -> str:
           f"--workers 1 --host 127.0.0.1 --port 5000   # then open http://127.0.0.1:5000")
     return (f"\n{table}\n\ntime: {stages}\nsummary: {summary['summary_path']}\n"
             f"MLflow experiment {cfg.experiment!r}, parent run {summary['mlflow']['parent_run_id']}."
-            f"\nOpen the UI:\n  {ui}\n")
+            f"\nOpen the UI:\n  {ui}\nComparison report (HTML + figures):\n  python -m mixray.report "
+            f"--experiment {cfg.experiment} --tracking-uri {store}\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,12 +19,11 @@ import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from mixray import tracking
-from mixray.config import TRIAL_CPU, SweepConfig
+from mixray import logs, tracking
+from mixray.config import TRIAL_CPU, SweepConfig, trial_name
 from mixray.evaluate import evaluate_model
 from mixray.mix.manifest import build_manifest
-from mixray.train.launch import train_student
-from mixray.train.loop import LoopArgs
+from mixray.train.launch import train_from_config
 
 log = logging.getLogger(__name__)
 
@@ -41,33 +40,24 @@ class SweepContext:
     parent_run_id: str
 
 
-def trial_name(trial: dict[str, Any]) -> str:
-    return f"{Path(trial['student']).name}-long{trial['long_share']:g}"
-
-
 def run_trial(trial: dict[str, Any], ctx: SweepContext) -> dict[str, float]:
     cfg = ctx.cfg
     out = cfg.run_root_path / "trials" / ctx.invocation / trial_name(trial)
     out.mkdir(parents=True, exist_ok=True)
     run_id = tracking.start_child(cfg, ctx.parent_run_id, trial)
     try:
-        mix_cfg = cfg.mix.model_copy(update={"long_share": trial["long_share"]})
-        pools = {label: pq.read_table(path) for label, path in ctx.pools.items()}
+        mix_cfg = cfg.mix.with_long_share(trial["long_share"])
+        pools = {label: pq.read_table(ctx.pools[label]) for label in mix_cfg.pools}
         manifest = build_manifest(pools, mix_cfg)
         pq.write_table(manifest.table, out / "manifest.parquet")
         (out / "data_card.json").write_text(json.dumps(manifest.card, indent=2))
 
         t = cfg.train
-        args = LoopArgs(
-            model_path=ctx.student_paths[trial["student"]], manifest_path=str(out / "manifest.parquet"),
-            system_prompt=t.system_prompt, zero_stage=t.zero_stage, dtype=t.dtype,
-            micro_batch_size=t.micro_batch_size, max_steps=t.max_steps, lr=t.lr,
-            max_length=t.max_length, seed=t.seed, torch_threads=cfg.resources.torch_threads,
-        )
-        model_dir, history = train_student(
-            args, num_workers=t.num_workers, cpus_per_worker=cfg.resources.cpus_per_train_worker,
-            storage=cfg.run_root_path / "train", name=f"{ctx.invocation}-{trial_name(trial)}",
-            callbacks=[TuneReportCallback()],
+        model_dir, history = train_from_config(
+            t, model_path=ctx.student_paths[trial["student"]],
+            manifest_path=str(out / "manifest.parquet"), torch_threads=cfg.resources.torch_threads,
+            cpus_per_worker=cfg.resources.cpus_per_train_worker, storage=cfg.run_root_path / "train",
+            name=f"{ctx.invocation}-{trial_name(trial)}", callbacks=[TuneReportCallback()],
         )
         metrics = evaluate_model(
             model_dir, Path(ctx.eval_problems), cfg.evaluate, t.system_prompt, out / "eval",
@@ -83,22 +73,21 @@ def run_trial(trial: dict[str, Any], ctx: SweepContext) -> dict[str, float]:
 
 
 def _trainable(config: dict[str, Any], ctx: SweepContext) -> None:
-    metrics = run_trial(config, ctx)
+    logs.configure()
+    metrics = run_trial(config["trial"], ctx)
     tune.report(metrics | {"done": True})
 
 
-def run_tune(ctx: SweepContext) -> tune.ResultGrid:
+def run_tune(ctx: SweepContext, trials: list[dict[str, Any]]) -> tune.ResultGrid:
+    """One Tune trial per entry of ``trials`` (a subset of the grid when resuming)."""
     cfg = ctx.cfg
     cluster_cpus = ray.cluster_resources().get("CPU", 0.0)
-    concurrency = cfg.max_concurrent_trials(cluster_cpus)
-    log.info("tune: %d trials, %d at a time", len(cfg.trials()), concurrency)
+    concurrency = min(cfg.max_concurrent_trials(cluster_cpus), len(trials))
+    log.info("tune: %d trials, %d at a time", len(trials), concurrency)
     trainable = tune.with_resources(tune.with_parameters(_trainable, ctx=ctx), {"CPU": TRIAL_CPU})
     tuner = tune.Tuner(
         trainable,
-        param_space={
-            "student": tune.grid_search(cfg.students),
-            "long_share": tune.grid_search(cfg.search.long_share),
-        },
+        param_space={"trial": tune.grid_search(trials)},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
         run_config=tune.RunConfig(
             name=f"{cfg.name}-{ctx.invocation}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mixray.models import train_tiny_tokenizer
-from mixray.train.data import IGNORE, batch_indices, collate, encode
+from mixray.train.data import IGNORE, batch_indices, build_examples, collate, encode
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +45,94 @@ def test_batches_are_a_function_of_the_step() -> None:
     seen = [i for step in range(3) for rank in range(2) for i in batch_indices(step, rank, 2, 2, 10)]
     assert seen == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]  # disjoint across ranks, cycled
     assert batch_indices(5, 1, 2, 2, 10) == batch_indices(5, 1, 2, 2, 10)
+
+
+# --- real chat templates ---------------------------------------------------------------------
+
+QWEN_STYLE = (  # Qwen2.5's template without tools: a default system prompt when none is given
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+    "assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if not (loop.first and message.role == 'system') %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def qwen_style():
+    tok = train_tiny_tokenizer()
+    tok.chat_template = QWEN_STYLE
+    return tok
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from transformers import AutoTokenizer
+
+    from mixray.models import SMOLLM2, cache_dir
+
+    path = cache_dir() / "models" / "smollm2-135m-instruct-v1"
+    if not (path / "config.json").exists():
+        pytest.skip(f"{SMOLLM2} is not cached (mixray.models.resolve builds it)")
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _split(tok, ex):
+    first = next(i for i, lab in enumerate(ex.labels) if lab != IGNORE)
+    assert all(lab == IGNORE for lab in ex.labels[:first])
+    assert ex.labels[first:] == ex.input_ids[first:]
+    return tok.decode(ex.input_ids[:first]), tok.decode(ex.input_ids[first:])
+
+
+@pytest.mark.parametrize("template", ["qwen_style", "smollm2"])
+@pytest.mark.parametrize("system", ["You are a helpful assistant.", ""])
+def test_mask_on_real_templates(template, system, request) -> None:
+    tok = request.getfixturevalue(template)
+    completion = "Adding: 12 + 30 = 42.\nFinal Answer: \\boxed{42}"
+    ex = encode(tok, system, "Problem: 12 + 30?\nAnswer:", completion, 512)
+    prompt, response = _split(tok, ex)
+    assert response == completion + "<|im_end|>\n"  # exactly the response and its end token
+    assert prompt.endswith("<|im_start|>assistant\n") and "Problem: 12 + 30?" in prompt
+    default = {"qwen_style": "You are Qwen", "smollm2": "You are a helpful AI assistant named SmolLM"}
+    # the configured system prompt is used; without one the template's default fills in
+    assert (system in prompt) if system else (default[template] in prompt)
+
+
+# --- the overlong policy ---------------------------------------------------------------------
+
+def _rows(n_long: int, n: int = 20) -> list[dict]:
+    return [{"prompt": f"{i} + {i}?", "completion": ("a long answer " * 40 if i < n_long else "ok"),
+             "pool": "long" if i < n_long else "short"} for i in range(n)]
+
+
+@pytest.mark.parametrize("policy", ["truncate", "drop"])
+def test_overlong_policy_counts_and_reports(tokenizer, policy) -> None:
+    kept, where, stats = build_examples(tokenizer, _rows(2), system="", max_length=48,
+                                        overlong=policy, max_dropped_fraction=0.1,
+                                        pools=["long", "short"])
+    assert stats.rows == 20 and stats.affected == 2
+    if policy == "drop":
+        assert stats.dropped_overlong == 2 and len(kept) == 18 and where == list(range(2, 20))
+    else:
+        assert stats.truncated == 2 and len(kept) == 20 and len(kept[0].input_ids) == 48
+    assert {e.pool for e in kept} == ({0, 1} if policy == "truncate" else {1})
+
+
+def test_too_many_affected_rows_is_an_error(tokenizer) -> None:
+    with pytest.raises(ValueError, match=r"3 of 20 manifest rows .* max_dropped_fraction 0.1"):
+        build_examples(tokenizer, _rows(3), system="", max_length=48, overlong="drop",
+                       max_dropped_fraction=0.1)
+
+
+def test_prompt_filling_max_length_leaves_an_empty_mask_and_is_dropped(tokenizer) -> None:
+    rows = [{"prompt": "1 + 1 = 2. " * 30, "completion": "2"}] + _rows(0, 19)
+    kept, where, stats = build_examples(tokenizer, rows, system="", max_length=32,
+                                        overlong="truncate", max_dropped_fraction=0.1)
+    assert stats.dropped_empty == 1 and where[0] == 1 and len(kept) == 19
