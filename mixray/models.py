@@ -50,7 +50,7 @@ def cache_dir() -> Path:
 def resolve(spec: str) -> Path:
     """Return a local HF directory for `spec`, building or downloading it on first use."""
     if spec == TINY:
-        return _cached("tiny-random-v1", _build_tiny)
+        return _cached("tiny-random-v2", _build_tiny)
     if spec == SMOLLM2:
         return _cached("smollm2-135m-instruct-v1", _build_smollm2)
     local = Path(spec).expanduser()
@@ -133,6 +133,7 @@ def _build_tiny(out: Path) -> None:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
+        head_dim=32,  # vLLM's CPU attention supports head sizes 32..512, not the default 16
         max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

