@@ -82,3 +82,17 @@ def test_second_run_does_no_new_generation(sweep) -> None:
         assert second["stages"][name]["path"] == stage["path"]
     assert second["mlflow"]["parent_run_id"] != first["mlflow"]["parent_run_id"]
     assert len(_children(cfg, second["mlflow"]["parent_run_id"])) == 2
+
+
+def test_report_from_the_smoke_sweep(sweep, tmp_path) -> None:
+    from mixray.report import fmt, write_report
+
+    cfg, first, _ = sweep
+    index = write_report(cfg.experiment, cfg.tracking_uri, first["mlflow"]["parent_run_id"],
+                         tmp_path / "report")
+    html = index.read_text()
+    for trial in first["trials"]:
+        assert trial["trial"] in html
+        assert fmt(trial["train_loss"]) in html  # the metrics are on the page as text
+    pngs = list((tmp_path / "report").glob("*.png"))
+    assert pngs and all(p.stat().st_size > 1000 for p in pngs)
