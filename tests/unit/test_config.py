@@ -99,3 +99,15 @@ def test_cli_dry_run_prints_the_plan() -> None:
     for word in ("problems", "teacher", "'long'", "'short'", "trials   : 2", "DeepSpeed ZeRO-2",
                  "CPU per trial"):
         assert word in proc.stdout
+
+
+def test_readme_sweep_example_is_valid(tmp_path: Path) -> None:
+    """The sweep-file example in the README validates against the schema (docs that cannot rot)."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    data = _smoke()
+    for section, values in yaml.safe_load(block).items():
+        data.setdefault(section, {}).update(values)
+    cfg = load_sweep(_write(tmp_path, data))
+    assert cfg.mix.pools == {"long": 0.2, "short": 0.8}
+    assert cfg.train.global_batch == 8 and cfg.search.long_share == [0.0, 0.2, 1.0]
