@@ -23,7 +23,7 @@ sweep: setup
 	$(PY) -m mixray.sweep $(SWEEP) $(ARGS)
 
 test: setup
-	$(PY) -m pytest tests $(PYTEST)
+	$(PY) -m pytest $(PYTEST)
 
 test-unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST)
