@@ -27,8 +27,11 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def head(tmp_path):
-    """A second, separate Ray cluster (its own ports and temp dir), stopped afterwards."""
+def head(ray_cluster):
+    """A second, separate Ray cluster (its own ports and temp dir), stopped afterwards.
+
+    Depends on the session cluster only so that Ray has written ~/.ray/auth_token (a new
+    cluster creates it) before `ray start` is asked for token auth."""
     gcs, dash, agent = _free_port(), _free_port(), _free_port()
     # Token auth stays on (Ray 2.60's default where ~/.ray/auth_token exists); the CLI matches it.
     # The job's entrypoint runs in the head's environment: put this venv first on its PATH.
