@@ -3,7 +3,7 @@
 math-verify's default timeouts use ``signal.alarm``, which raises in threads and threaded actors
 (and, where errors are swallowed, silently scores 0 — STACK.md). We turn them off and bound the
 work ourselves by the size of what is parsed: extracted answers longer than MAX_ANSWER_CHARS are
-counted as wrong (reason ``too_long``) instead of being parsed. A check takes about 1.2 ms.
+counted as wrong instead of being parsed. A check takes about 1.2 ms.
 
 Before parsing we rewrite two forms math-verify misreads (tests/unit/test_answer_forms.py):
 digit groups separated by a LaTeX space (``1\\,000`` parses as ``1*0`` and then equals ``0``) and

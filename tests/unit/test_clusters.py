@@ -123,12 +123,12 @@ def test_launcher_node_types_fit_the_work(name):
     assert workers, "no worker node types"
     for key, node in workers.items():
         assert node.get("min_workers", 0) == 0, f"{key}: GPU workers must scale from 0"
-        assert 1 <= node["max_workers"] <= cfg["max_workers"], key
+        assert node["max_workers"] in range(1, cfg["max_workers"] + 1), key
     teacher = [v for v in workers.values() if "teacher_node" in v["resources"]]
     trainer = [v for v in workers.values() if "trainer_node" in v["resources"]]
     assert teacher and teacher[0]["resources"]["GPU"] >= 8, "teachers need 8 GPUs (TP for 32B-72B)"
     assert trainer and trainer[0]["resources"]["GPU"] >= 4, "students train on 4-8 GPUs"
-    assert 1 <= cfg["idle_timeout_minutes"] <= 60
+    assert cfg["idle_timeout_minutes"] in range(1, 61), cfg["idle_timeout_minutes"]
     assert sum(v["max_workers"] for v in workers.values()) <= cfg["max_workers"]
     # Ray replaces (not extends) setup_commands + worker_setup_commands with a node type's own list.
     assert not any("worker_setup_commands" in v for v in workers.values())
