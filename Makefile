@@ -1,5 +1,5 @@
 # make sweep  — install (once) and run the default sweep (sweeps/laptop.yaml)
-# make test   — install (once) and run the test suite
+# make test   — install (once) and run the test suite (as root, installs Chromium if missing)
 # make ui     — open the MLflow UI on ./runs (http://127.0.0.1:5000)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +9,7 @@ ARGS   ?=
 PYTEST ?= -x
 RUNS   ?= runs
 
-.PHONY: setup sweep test test-unit ui clean
+.PHONY: setup browser sweep test test-unit ui clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,21 @@ $(STAMP): pyproject.toml
 sweep: setup
 	$(PY) -m mixray.sweep $(SWEEP) $(ARGS)
 
-test: setup
+# tests/integration/test_browser.py drives Debian's Chromium through Playwright: Playwright cannot
+# download a browser of its own here (no network but PyPI and Debian). Installed only when missing
+# and we are root (as CI is); if it cannot be, this goes on and that test skips, saying why.
+# fonts-liberation: the base image has no fonts, and pages would render without text.
+CHROMIUM := /usr/bin/chromium
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" != 0 ]; then \
+	  echo "note: $(CHROMIUM) missing and not root: the browser test will skip"; \
+	elif apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	       --no-install-recommends chromium fonts-liberation >/dev/null; then \
+	  echo "installed $(CHROMIUM)"; \
+	else echo "note: could not install chromium: the browser test will skip"; fi
+
+test: setup browser
 	$(PY) -m pytest $(PYTEST)
 
 test-unit: setup

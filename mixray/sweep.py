@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mixray import logs, models
-from mixray.config import SweepConfig, SweepFileError, load_sweep, trial_name
+from mixray.config import SweepConfig, SweepFileError, load_sweep
 
 log = logging.getLogger("mixray")
 DEFAULT_SWEEP = Path(__file__).resolve().parent.parent / "sweeps" / "laptop.yaml"
@@ -38,43 +38,95 @@ def worker_env() -> dict[str, str]:
     }
 
 
+def _source(cfg: SweepConfig) -> str:
+    src = cfg.problems.source
+    if src.kind == "reasoning_gym":
+        return f"reasoning-gym {src.task!r} (seed {cfg.problems.seed})"
+    held = (f"held out from {src.eval_source[0]} [{src.eval_source[1]}]" if src.separate_eval
+            else f"held out by seed {cfg.problems.seed}")
+    return f"{src.path} [{src.split}], {held}"
+
+
 def plan(cfg: SweepConfig) -> str:
-    t = cfg.train
+    t, r = cfg.train, cfg.resources
     lines = [
         f"sweep {cfg.name!r}: run root {cfg.run_root_path}, MLflow {cfg.tracking_uri} "
         f"(experiment {cfg.experiment!r})",
         f"problems : {cfg.problems.train_size} train + {cfg.problems.eval_size} held-out from "
-        f"reasoning-gym {cfg.problems.task!r} (seed {cfg.problems.seed})",
+        f"{_source(cfg)}",
     ]
     for label, teacher in cfg.teachers.items():
         s = teacher.sampling
         lines.append(
-            f"teacher  : {label!r} = {teacher.model} ({teacher.style} CoT, max {s.max_new_tokens} "
-            f"tokens, T={s.temperature}, {teacher.replicas} replica(s))"
+            f"teacher  : {label!r} = {teacher.model or teacher.engine.model} on "
+            f"{teacher.engine.kind} ({teacher.style} CoT, max {s.max_new_tokens} tokens, "
+            f"T={s.temperature}, n={s.n}, {teacher.replicas} replica(s) x {teacher.gpus:g} GPU)"
         )
     lines += [
         f"curate   : {cfg.curate.verifier}, pools keep {cfg.curate.keep} responses",
-        f"trials   : {len(cfg.trials())} = students {cfg.students} x long_share "
-        f"{cfg.search.long_share} (pools {cfg.mix.long_pool!r}/{cfg.mix.short_pool!r})",
+        f"trials   : {describe_search(cfg)}",
         f"train    : Ray Train + DeepSpeed ZeRO-{t.zero_stage}, {t.dtype}, {t.num_workers} workers, "
         f"{f'{t.epochs:g} epochs' if t.epochs else f'{t.max_steps} steps'} x global batch "
-        f"{t.global_batch}, lr {t.lr:g} ({t.lr_schedule}), packing {t.packing}",
-        f"evaluate : {cfg.problems.eval_size} held-out problems, greedy, max "
-        f"{cfg.evaluate.max_new_tokens} tokens",
-        f"resources: {cfg.cpus_per_trial():g} CPU per trial, {cfg.resources.cpus_per_engine:g} "
-        f"per generation actor",
+        f"{t.global_batch}, lr {t.lr:g} ({t.lr_schedule}), packing {t.packing}"
+        + (f", LoRA rank {t.lora.rank}" if getattr(t, "lora", None) else ""),
+        f"evaluate : {', '.join(b.name for b in cfg.evaluate.benchmarks)}; "
+        f"{'greedy' if cfg.evaluate.temperature == 0 else f'T={cfg.evaluate.temperature}'}, "
+        f"n={cfg.evaluate.n_samples}, max {cfg.evaluate.max_new_tokens} tokens",
+        f"resources: {cfg.cpus_per_trial():g} CPU + {cfg.gpus_per_trial():g} GPU per trial, "
+        f"{r.cpus_per_engine:g} CPU per generation actor",
     ]
     return "\n".join(lines)
 
 
-def check_resources(cfg: SweepConfig, cluster_cpus: float) -> None:
+def cluster_capacity() -> dict[str, float]:
+    """The most the Ray cluster can offer: what it has now or, on a `ray up` cluster, what its
+    autoscaler may start (each node type's resources x max_workers, from the head's
+    ~/ray_bootstrap_config.yaml), whichever is larger."""
+    import ray
+    import yaml
+
+    now = dict(ray.cluster_resources())
+    path = Path.home() / "ray_bootstrap_config.yaml"
+    if not path.is_file():
+        return now
+    launcher = yaml.safe_load(path.read_text()) or {}
+    most: dict[str, float] = {}
+    for name, node in (launcher.get("available_node_types") or {}).items():
+        count = 1 if name == launcher.get("head_node_type") else node.get("max_workers", 0)
+        for key, amount in (node.get("resources") or {}).items():
+            most[key] = most.get(key, 0.0) + float(amount) * count
+    return {k: max(now.get(k, 0.0), most.get(k, 0.0)) for k in now.keys() | most.keys()}
+
+
+def check_resources(cfg: SweepConfig, capacity: dict[str, float]) -> None:
     """Fail before any work when one trial or one generation actor can never be placed."""
-    for what, need in (("one trial (train.num_workers x resources.cpus_per_train_worker + a little)",
-                        cfg.cpus_per_trial()),
-                       ("one generation actor (resources.cpus_per_engine)",
-                        cfg.resources.cpus_per_engine)):
-        if need > cluster_cpus:
-            raise ValueError(f"{what} needs {need:g} CPUs but the Ray cluster has {cluster_cpus:g}")
+    needs = [("one trial (train.num_workers x resources.cpus_per_train_worker + a little)",
+              "CPU", cfg.cpus_per_trial()),
+             ("one trial (train.num_workers x resources.gpus_per_train_worker)",
+              "GPU", cfg.gpus_per_trial()),
+             ("one generation actor (resources.cpus_per_engine)", "CPU",
+              cfg.resources.cpus_per_engine)]
+    for label, teacher in cfg.teachers.items():
+        needs.append((f"one replica of teacher {label!r} (teachers.{label}.gpus_per_replica)",
+                      "GPU", teacher.gpus))
+    for what, resource, need in needs:
+        have = capacity.get(resource, 0.0)
+        if need > have:
+            raise ValueError(f"{what} needs {need:g} {resource}s but the Ray cluster has "
+                             f"{have:g}" + (" (nor can its autoscaler add them)"
+                                            if resource == "GPU" else ""))
+
+
+def describe_search(cfg: SweepConfig) -> str:
+    s = cfg.search
+    axes = ", ".join(f"{k} {d.kind} {d.corners()}" for k, d in s.axes().items()) or "no axes"
+    how = {"grid": "grid", "random": f"random ({s.num_samples} draws, seed {s.seed})",
+           "optuna": f"optuna TPE ({s.num_samples} per student, {s.mode} {s.metric})"}
+    sched = s.scheduler
+    stop = (f", ASHA on {sched.metric} ({sched.mode}, grace {sched.grace_period}, "
+            f"factor {sched.reduction_factor:g})" if sched.kind == "asha" else "")
+    return (f"{cfg.n_trials()} = students {cfg.students} x {how[s.algorithm]} over {axes}{stop} "
+            f"(long share = pool {cfg.mix.long_pool!r} against {cfg.mix.short_pool!r})")
 
 
 @dataclass
@@ -151,26 +203,66 @@ def run_upstream(cfg: SweepConfig, timings: dict[str, float]) -> dict[str, Any]:
     return up
 
 
-def _trial_rows(cfg: SweepConfig, grid, done: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
-    """One summary row per trial of the grid: finished before (resumed), run now, or missing."""
+def _trial_rows(cfg: SweepConfig, outcomes: list[dict[str, Any]],
+                done: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One summary row per trial: finished before (resumed), run now (finished, failed or
+    stopped early), or — for grid and random search — one that never ran."""
     from mixray.tracking import SUMMARY_METRICS
 
-    ran = {trial_name(r.config["trial"]): r for r in grid or []}
     rows = []
-    for trial in cfg.trials():
-        name = trial_name(trial)
-        row: dict[str, Any] = {"trial": name, **trial, "resumed": name in done, "error": None}
-        if name in done:
-            row |= done[name]
-        elif name in ran:
-            r = ran[name]
-            row |= {k: (r.metrics or {}).get(k) for k in SUMMARY_METRICS}
-            row["error"] = (str(r.error) if r.error else
-                            None if row["eval_accuracy"] is not None else "did not finish")
-        else:
-            row |= dict.fromkeys(SUMMARY_METRICS) | {"error": "did not run"}
+    for name, d in done.items():
+        rows.append({"trial": name, "student": d["student"], "params": d["params"],
+                     "resumed": True, "error": None, "stopped_early": False}
+                    | {k: d.get(k) for k in SUMMARY_METRICS})
+    for o in outcomes:
+        row = {"trial": o["name"], "student": o["student"], "params": o["params"],
+               "resumed": False, "error": o["error"], "stopped_early": o["stopped_early"]}
+        row |= {k: o["metrics"].get(k) for k in SUMMARY_METRICS}
+        if row["error"] is None and not o["stopped_early"] and row["eval_accuracy"] is None:
+            row["error"] = "did not finish"
         rows.append(row)
-    return rows
+    if cfg.search.algorithm != "optuna":
+        ran = {r["trial"] for r in rows}
+        rows += [{"trial": t["name"], "student": t["student"], "params": t["params"],
+                  "resumed": False, "error": "did not run", "stopped_early": False}
+                 | dict.fromkeys(SUMMARY_METRICS) for t in cfg.trials() if t["name"] not in ran]
+    for row in rows:
+        row["long_share"] = cfg.for_trial(row["student"], row["params"]).mix.long_share
+    return sorted(rows, key=lambda r: (r["student"], r["long_share"], r["trial"]))
+
+
+def _close_stopped(cfg: SweepConfig, parent_id: str, outcomes: list[dict[str, Any]]) -> None:
+    """Trials the scheduler stopped were killed mid-training: record them in MLflow."""
+    from mixray import tracking
+
+    for o in outcomes:
+        if not o["stopped_early"]:
+            continue
+        run_id = tracking.find_child(cfg, parent_id, o["name"])
+        if run_id is not None:
+            steps = len(o["history"])
+            tracking.stop_child(cfg, run_id, o["history"],
+                                f"{cfg.search.scheduler.kind} after {steps} steps")
+
+
+def sweep_gaps(cfg: SweepConfig, parent_id: str) -> list[Any]:
+    """ΔLong / ΔLarge and the best mix against the best single source, per student (the
+    report's analysis, over this invocation's finished trials)."""
+    from mixray.report import curve_points, gap_rows, load_sweep_record
+
+    record = load_sweep_record(cfg.experiment, cfg.tracking_uri, parent_id)
+    return gap_rows(curve_points(record.trials))
+
+
+def gap_metrics(rows: list[Any]) -> dict[str, float]:
+    out = {}
+    for r in rows:
+        key = f"{Path(r.student).name}/{r.pools[0]}_vs_{r.pools[1]}"
+        for name, value in (("gap", r.gap), ("best_mix_gain", r.mix_gain),
+                            ("best_mix_share", r.best_mix.share if r.best_mix else None)):
+            if value is not None:
+                out[f"{key}/{name}"] = value
+    return out
 
 
 def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
@@ -187,7 +279,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
     assert ray.is_initialized(), "connect to Ray first (the CLI or a test fixture does)"
     # Resolve the run root here, once: trial processes run in other working directories.
     cfg = cfg.model_copy(update={"run_root": str(cfg.run_root_path)})
-    check_resources(cfg, ray.cluster_resources().get("CPU", 0.0))
+    check_resources(cfg, cluster_capacity())
     inv = Invocation.latest_unfinished(cfg) if resume else Invocation.new(cfg)
     inv.save("running")
     timings: dict[str, float] = {}
@@ -200,8 +292,9 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
         inv.parent_run_id = tracking.start_parent(cfg, {"curate": up["curate"],
                                                         "stages": up["stages"]})
         inv.save("running")
-    todo = [t for t in cfg.trials() if trial_name(t) not in done]
-    log.info("trials: %d to run, %d finished before", len(todo), len(done))
+    todo = [] if cfg.search.algorithm == "optuna" else \
+        [t for t in cfg.trials() if t["name"] not in done]
+    log.info("trials: %d to run, %d finished before", cfg.n_trials() - len(done), len(done))
     ctx = SweepContext(cfg=cfg, invocation=inv.id, pools=up["pools"],
                        eval_problems=str(up["problems"].path / "eval.parquet"),
                        student_paths={s: str(up["paths"][s]) for s in cfg.students},
@@ -209,8 +302,11 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
     status = "interrupted"
     try:
-        grid = run_tune(ctx, todo) if todo else None
-        trials = _trial_rows(cfg, grid, done)
+        outcomes = run_tune(ctx, todo, done) if cfg.n_trials() > len(done) else []
+        _close_stopped(cfg, inv.parent_run_id, outcomes)
+        trials = _trial_rows(cfg, outcomes, done)
+        gaps = sweep_gaps(cfg, inv.parent_run_id)
+        tracking.log_gaps(cfg, inv.parent_run_id, gap_metrics(gaps))
         status = "finished" if all(t["error"] is None for t in trials) else "failed"
     finally:
         timings["trials"] = time.perf_counter() - t0
@@ -218,7 +314,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
         tracking.end_parent(cfg, inv.parent_run_id, {"finished": "FINISHED", "failed": "FAILED",
                                                      "interrupted": "KILLED"}[status])
     summary = {"invocation": inv.id, "status": status, "stages": up["stages"], "trials": trials,
-               "timings_s": timings,
+               "gaps": [_gap_dict(g) for g in gaps], "timings_s": timings,
                "mlflow": {"tracking_uri": cfg.tracking_uri, "experiment": cfg.experiment,
                           "parent_run_id": inv.parent_run_id}}
     (inv.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -226,21 +322,58 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
     return summary
 
 
+def _gap_dict(g: Any) -> dict[str, Any]:
+    return {"student": g.student, "pools": list(g.pools), "name": g.gap_name, "gap": g.gap,
+            "p_first": g.p_first, "p_second": g.p_second, "best_single": g.best_single,
+            "best_mix_share": g.best_mix.share if g.best_mix else None,
+            "best_mix_accuracy": g.best_mix.accuracy if g.best_mix else None,
+            "best_mix_gain": g.mix_gain}
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    from mixray.search import value_token
+
+    return " ".join(value_token(k, v) for k, v in params.items()) or "-"
+
+
 def format_summary(cfg: SweepConfig, summary: dict[str, Any]) -> str:
-    rows = [("trial", "long share", "mix rows", "train loss", "eval acc ± se", "status")]
-    for t in sorted(summary["trials"], key=lambda t: (t["student"], t["long_share"])):
-        fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-        rows.append((t["trial"], f"{t['long_share']:g}", fmt(t["mix_rows"], "d"),
-                     fmt(t["train_loss"], ".4f"),
-                     fmt(t["eval_accuracy"], ".3f") + " ± " + fmt(t["eval_accuracy_stderr"], ".3f"),
-                     "FAILED" if t["error"] else "resumed" if t["resumed"] else "ok"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+    """Per student: trials (search values -> metrics), the best one, the gaps; then where to look."""
+    blocks = []
+    for student in cfg.students:
+        trials = [t for t in summary["trials"] if t["student"] == student]
+        rows = [("trial", "values", "long share", "mix rows", "train loss", "eval acc ± se",
+                 "status")]
+        for t in trials:
+            status = ("FAILED" if t["error"] else "stopped early" if t["stopped_early"]
+                      else "resumed" if t["resumed"] else "ok")
+            rows.append((t["trial"], _params_text(t["params"]), f"{t['long_share']:g}",
+                         _fmt(t["mix_rows"], "d"), _fmt(t["train_loss"], ".4f"),
+                         _fmt(t["eval_accuracy"], ".3f") + " ± " +
+                         _fmt(t["eval_accuracy_stderr"], ".3f"), status))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = [f"student {student}:"] + ["  " + "  ".join(c.ljust(w) for c, w in zip(
+            r, widths, strict=True)) for r in rows]
+        scored = [t for t in trials if t["eval_accuracy"] is not None]
+        if scored:
+            best = max(scored, key=lambda t: t["eval_accuracy"])
+            lines.append(f"  best: {best['trial']} ({_params_text(best['params'])}), "
+                         f"eval acc {best['eval_accuracy']:.3f}")
+        for g in summary["gaps"]:
+            if g["student"] == student and (g["gap"], g["best_mix_gain"]) != (None, None):
+                lines.append(
+                    f"  {g['name']} = P({g['pools'][0]} only) - P({g['pools'][1]} only) = "
+                    f"{_fmt(g['gap'], '+.3f')}; best mix (share {_fmt(g['best_mix_share'], 'g')}) "
+                    f"vs best single source: {_fmt(g['best_mix_gain'], '+.3f')}")
+        blocks.append("\n".join(lines))
     stages = ", ".join(f"{k} {v:.0f}s" for k, v in summary["timings_s"].items())
     store = cfg.tracking_uri
     ui = (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri {store} "
           f"--workers 1 --host 127.0.0.1 --port 5000   # then open http://127.0.0.1:5000")
-    return (f"\n{table}\n\ntime: {stages}\nsummary: {summary['summary_path']}\n"
+    return ("\n" + "\n\n".join(blocks) + f"\n\ntime: {stages}\nsummary: {summary['summary_path']}\n"
             f"MLflow experiment {cfg.experiment!r}, parent run {summary['mlflow']['parent_run_id']}."
             f"\nOpen the UI:\n  {ui}\nComparison report (HTML + figures):\n  python -m mixray.report "
             f"--experiment {cfg.experiment} --tracking-uri {store}\n")

@@ -1,6 +1,7 @@
 """The only module that writes to MLflow (report.py reads it): one experiment per sweep, a
-parent run per invocation, a child run per trial. Uses explicit `MlflowClient`s (no global
-active run), so trials running in other processes log safely to the same store.
+parent run per invocation, a child run per trial; and one run per standalone evaluation
+(`python -m mixray.evaluate`). Uses explicit `MlflowClient`s (no global active run), so trials
+running in other processes log safely to the same store.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import Any
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from mixray.config import SweepConfig, trial_name
+from mixray.artifacts import spec_key
+from mixray.config import SweepConfig
 
 log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "mixray.trial"
+PARAMS_TAG = "mixray.params"  # the trial's search values as JSON (Optuna is told them on resume)
 SUMMARY_METRICS = ("mix_rows", "train_loss", "eval_accuracy", "eval_accuracy_stderr",
                    "eval_tokens_mean")
 MAX_PARAM_CHARS = 500  # MLflow's limit is 6000; long values are shortened, not refused
@@ -30,13 +33,49 @@ def client(cfg: SweepConfig) -> MlflowClient:
 
 def ensure_experiment(cfg: SweepConfig) -> str:
     """Create the experiment (with an explicit artifact location) before trials race to do it."""
-    c = client(cfg)
-    exp = c.get_experiment_by_name(cfg.experiment)
+    return _experiment(client(cfg), cfg.experiment, cfg.tracking_uri)
+
+
+def _experiment(c: MlflowClient, name: str, tracking_uri: str) -> str:
+    """The experiment's id, created if new. Beside a local sqlite store its artifacts go next to
+    it (``runs/mlflow.db`` -> ``runs/mlartifacts``); a tracking server keeps its own default."""
+    exp = c.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = (cfg.run_root_path / "mlartifacts").as_uri() if cfg.tracking.tracking_uri is None \
-        else None
-    return c.create_experiment(cfg.experiment, artifact_location=location)
+    location = None
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///"))  # relative, or absolute ("////")
+        location = (db.parent / "mlartifacts").resolve().as_uri()
+    return c.create_experiment(name, artifact_location=location)
+
+
+def log_eval_outputs(c: MlflowClient, run_id: str, out_dir: Path) -> None:
+    """What the evaluation stage wrote (mixray/evaluate/stage.py): metrics.json, the rows set
+    aside, and the sample completions as a table (the MLflow UI shows it in the run's view)."""
+    c.log_artifact(run_id, str(out_dir / "metrics.json"))
+    if (out_dir / "bad_rows.jsonl").exists():
+        c.log_artifact(run_id, str(out_dir / "bad_rows.jsonl"))
+    table = json.loads((out_dir / "sample_completions.json").read_text())
+    c.log_table(run_id, data={col: [row[i] for row in table["data"]]
+                              for i, col in enumerate(table["columns"])},
+                artifact_file="sample_completions.json")
+
+
+def log_evaluation(tracking_uri: str, experiment: str, run_name: str, params: dict[str, Any],
+                   metrics: dict[str, float], out_dir: Path) -> str:
+    """One standalone evaluation as a FINISHED run (params, metrics, outputs); returns its id."""
+    c = MlflowClient(tracking_uri=tracking_uri)
+    run = c.create_run(_experiment(c, experiment, tracking_uri), run_name=run_name,
+                       tags={"mixray.kind": "evaluation", "mixray.git_commit": git_commit()})
+    try:
+        c.log_batch(run.info.run_id, params=[Param(k, v) for k, v in flatten(params).items()],
+                    metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()])
+        log_eval_outputs(c, run.info.run_id, out_dir)
+    except BaseException:
+        c.set_terminated(run.info.run_id, "FAILED")
+        raise
+    c.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -77,37 +116,93 @@ def end_parent(cfg: SweepConfig, run_id: str, status: str) -> None:
     client(cfg).set_terminated(run_id, status)
 
 
-def reopen_parent(cfg: SweepConfig, parent_id: str) -> dict[str, dict[str, float]]:
+def reopen_parent(cfg: SweepConfig, parent_id: str) -> dict[str, dict[str, Any]]:
     """For --resume: mark the parent running again, close children an interruption left
-    RUNNING as KILLED, and return the finished trials: name -> summary metrics."""
+    RUNNING as KILLED, and return the finished trials: name -> {student, params, metrics...}."""
     c = client(cfg)
     c.update_run(parent_id, status="RUNNING")
     finished = {}
     for child in c.search_runs([c.get_run(parent_id).info.experiment_id],
                                f"tags.`{PARENT_TAG}` = '{parent_id}'"):
+        tags = child.data.tags
         if child.info.status == "FINISHED":
-            finished[child.data.tags[TRIAL_TAG]] = {
-                k: child.data.metrics.get(k) for k in SUMMARY_METRICS}
+            finished[tags[TRIAL_TAG]] = {
+                "student": child.data.params["student"],
+                "params": json.loads(tags.get(PARAMS_TAG, "{}")),
+                **{k: child.data.metrics.get(k) for k in SUMMARY_METRICS},
+                cfg.search.metric: child.data.metrics.get(cfg.search.metric)}
         elif child.info.status == "RUNNING":
             c.set_terminated(child.info.run_id, "KILLED")
     return finished
 
 
+def git_commit() -> str:
+    """The commit of the checkout the sweep runs from ('unknown' outside git, e.g. a Ray job's
+    uploaded working dir, which carries no .git)."""
+    head = Path(__file__).resolve().parent.parent / ".git"
+    try:
+        ref = (head / "HEAD").read_text().strip()
+        if ref.startswith("ref: "):
+            ref = (head / ref[5:]).read_text().strip()
+        return ref
+    except OSError:
+        return "unknown"
+
+
 def start_child(cfg: SweepConfig, parent_id: str, trial: dict[str, Any]) -> str:
+    """`cfg` is the trial's own config (SweepConfig.for_trial)."""
     c = client(cfg)
-    name = trial_name(trial)
-    run = c.create_run(ensure_experiment(cfg), run_name=name,
-                       tags={PARENT_TAG: parent_id, "mixray.kind": "trial", TRIAL_TAG: name})
-    params = {"student": trial["student"], "long_share": trial["long_share"],
+    tags = {PARENT_TAG: parent_id, "mixray.kind": "trial", TRIAL_TAG: trial["name"],
+            PARAMS_TAG: json.dumps(trial["params"], default=str),
+            "mixray.config_hash": spec_key(cfg.model_dump()), "mixray.git_commit": git_commit()}
+    run = c.create_run(ensure_experiment(cfg), run_name=trial["name"], tags=tags)
+    params = {"student": trial["student"], "long_share": cfg.mix.long_share,
+              "schedule": schedule_label(cfg),
+              "search": trial["params"],
               "teachers": {k: {"model": t.model, "style": t.style} for k, t in cfg.teachers.items()},
-              "train": cfg.train.model_dump()}
+              "mix": cfg.mix.model_dump(), "train": cfg.train.model_dump(),
+              "evaluate": cfg.evaluate.model_dump()}
     c.log_batch(run.info.run_id, params=[Param(k, v) for k, v in flatten(params).items()])
+    _log_json(c, run.info.run_id, "config.json", cfg.model_dump())
     return run.info.run_id
 
 
-def finish_child(cfg: SweepConfig, run_id: str, history: list[dict], metrics: dict[str, float],
-                 data_card: dict) -> None:
+def schedule_label(cfg: SweepConfig) -> str:
+    """How the report groups trials by schedule: the kind, plus a short hash of its settings."""
+    s = cfg.mix.schedule
+    return s.kind if s.kind == "constant" else f"{s.kind}-{spec_key(s.model_dump())[:6]}"
+
+
+def find_child(cfg: SweepConfig, parent_id: str, name: str) -> str | None:
     c = client(cfg)
+    runs = c.search_runs([ensure_experiment(cfg)],
+                         f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{TRIAL_TAG}` = '{name}'",
+                         order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def stop_child(cfg: SweepConfig, run_id: str, history: list[dict], reason: str) -> None:
+    """A trial the scheduler stopped early: its per-step metrics so far, KILLED, and why."""
+    c = client(cfg)
+    steps = [Metric(k, float(v), 0, int(h["step"])) for h in history for k, v in h.items()
+             if k != "step"]
+    if steps:
+        c.log_batch(run_id, metrics=steps)
+    c.set_tag(run_id, "mixray.stopped_early", reason)
+    c.set_terminated(run_id, "KILLED")
+
+
+def log_gaps(cfg: SweepConfig, parent_id: str, gaps: dict[str, float]) -> None:
+    """The learnability gaps and best-mix margins across trials, on the parent run."""
+    if gaps:
+        client(cfg).log_batch(parent_id, metrics=[Metric(k, float(v), 0, 0)
+                                                  for k, v in gaps.items()])
+
+
+def finish_child(cfg: SweepConfig, run_id: str, history: list[dict], metrics: dict[str, float],
+                 data_card: dict, eval_dir: Path) -> None:
+    c = client(cfg)
+    log_eval_outputs(c, run_id, eval_dir)
     steps = [Metric(k, float(v), 0, int(h["step"])) for h in history for k, v in h.items()
              if k != "step"]
     # Final metrics sit at the last step, so curves end where training ended (not at step 0).

@@ -1,4 +1,9 @@
-"""Ray Tune over the mix: one function trial per grid point runs mix -> train -> evaluate.
+"""Ray Tune over the search space: each trial runs mix -> train -> evaluate on its own config.
+
+Grid and random search run an explicit list of trials (`SweepConfig.trials()`), so names are
+stable and `--resume` reruns only the missing ones; Optuna (TPE) proposes points while the sweep
+runs, one study per student, and a resumed study is told the finished trials first. ASHA stops
+trials early on a metric Ray Train forwards to Tune at every step (`TuneReportCallback`).
 
 The trial itself reserves almost nothing (0.01 CPU); its TorchTrainer asks for its own workers,
 which Tune does not count (Ray Train V2), so concurrency is derived from the declared resources
@@ -9,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +25,22 @@ import pyarrow.parquet as pq
 import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.result import AUTO_RESULT_KEYS
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
 
 from mixray import logs, tracking
-from mixray.config import TRIAL_CPU, SweepConfig, trial_name
+from mixray.config import TRIAL_CPU, SweepConfig
 from mixray.evaluate import evaluate_model
-from mixray.mix.manifest import build_manifest
+from mixray.mix.manifest import Manifest, build_manifest
+from mixray.search import Domain, trial_name
+from mixray.sweep import cluster_capacity
 from mixray.train.launch import train_from_config
 
 log = logging.getLogger(__name__)
+COMPLETE = "mixray_trial_complete"  # on a trial's last report only; absent: stopped early
+NOT_HISTORY = {*AUTO_RESULT_KEYS, "done", "trial_id", "checkpoint_path", "should_checkpoint",
+               COMPLETE}
 
 
 @dataclass(frozen=True)
@@ -41,58 +56,176 @@ class SweepContext:
 
 
 def run_trial(trial: dict[str, Any], ctx: SweepContext) -> dict[str, float]:
-    cfg = ctx.cfg
-    out = cfg.run_root_path / "trials" / ctx.invocation / trial_name(trial)
+    """One trial ({name, student, params}): its mix, its training, its evaluation, in MLflow.
+    Returns the metrics, with the wall time of each part (benchmarks/sweep.py reads them)."""
+    started = time.perf_counter()
+    cfg = ctx.cfg.for_trial(trial["student"], trial["params"])
+    out = cfg.run_root_path / "trials" / ctx.invocation / trial["name"]
     out.mkdir(parents=True, exist_ok=True)
     run_id = tracking.start_child(cfg, ctx.parent_run_id, trial)
     try:
-        mix_cfg = cfg.mix.with_long_share(trial["long_share"])
-        pools = {label: pq.read_table(ctx.pools[label]) for label in mix_cfg.pools}
-        manifest = build_manifest(pools, mix_cfg)
-        pq.write_table(manifest.table, out / "manifest.parquet")
-        (out / "data_card.json").write_text(json.dumps(manifest.card, indent=2))
-
-        t = cfg.train
+        t0 = time.perf_counter()
+        manifest = _write_manifest(cfg, ctx.pools, out)
+        t1 = time.perf_counter()
         model_dir, history = train_from_config(
-            t, model_path=ctx.student_paths[trial["student"]],
+            cfg.train, model_path=ctx.student_paths[trial["student"]],
             manifest_path=str(out / "manifest.parquet"), torch_threads=cfg.resources.torch_threads,
             cpus_per_worker=cfg.resources.cpus_per_train_worker, storage=cfg.run_root_path / "train",
-            name=f"{ctx.invocation}-{trial_name(trial)}", callbacks=[TuneReportCallback()],
+            name=f"{ctx.invocation}-{trial['name']}", callbacks=[TuneReportCallback()],
         )
+        t2 = time.perf_counter()
         metrics = evaluate_model(
-            model_dir, Path(ctx.eval_problems), cfg.evaluate, t.system_prompt, out / "eval",
+            model_dir, Path(ctx.eval_problems), cfg.evaluate, cfg.train.system_prompt, out / "eval",
             cpus_per_engine=cfg.resources.cpus_per_engine, torch_threads=cfg.resources.torch_threads,
         )
+        t3 = time.perf_counter()
         metrics |= {"train_loss": history[-1]["train_loss"], "train_steps": len(history),
-                    "mix_rows": manifest.card["rows"]}
-        tracking.finish_child(cfg, run_id, history, metrics, manifest.card)
+                    "mix_rows": manifest.card["rows"], "time_mix_s": t1 - t0,
+                    "time_train_s": t2 - t1, "time_eval_s": t3 - t2}
+        metrics["time_trial_s"] = time.perf_counter() - started  # MLflow's own logging excepted
+        tracking.finish_child(cfg, run_id, history, metrics, manifest.card, out / "eval")
         return metrics
     except BaseException:
         tracking.fail_child(cfg, run_id, traceback.format_exc())
         raise
 
 
-def _trainable(config: dict[str, Any], ctx: SweepContext) -> None:
+def _write_manifest(cfg: SweepConfig, pools: dict[str, str], out: Path) -> Manifest:
+    tables = {label: pq.read_table(pools[label]) for label in cfg.mix.pools}
+    manifest = build_manifest(tables, cfg.mix)
+    pq.write_table(manifest.table, out / "manifest.parquet")
+    (out / "data_card.json").write_text(json.dumps(manifest.card, indent=2))
+    return manifest
+
+
+def _grid_trainable(config: dict[str, Any], ctx: SweepContext) -> None:
     logs.configure()
     metrics = run_trial(config["trial"], ctx)
-    tune.report(metrics | {"done": True})
+    tune.report(metrics | {COMPLETE: True})
 
 
-def run_tune(ctx: SweepContext, trials: list[dict[str, Any]]) -> tune.ResultGrid:
-    """One Tune trial per entry of ``trials`` (a subset of the grid when resuming)."""
-    cfg = ctx.cfg
-    cluster_cpus = ray.cluster_resources().get("CPU", 0.0)
-    concurrency = min(cfg.max_concurrent_trials(cluster_cpus), len(trials))
-    log.info("tune: %d trials, %d at a time", len(trials), concurrency)
-    trainable = tune.with_resources(tune.with_parameters(_trainable, ctx=ctx), {"CPU": TRIAL_CPU})
+def _optuna_trainable(config: dict[str, Any], ctx: SweepContext, student: str) -> None:
+    logs.configure()
+    trial = optuna_trial(ctx.cfg, student, config, tune.get_context().get_trial_id())
+    metrics = run_trial(trial, ctx)
+    tune.report(metrics | {COMPLETE: True})
+
+
+# Optuna's categorical values must be plain scalars; a `choice` of mappings (whole schedules)
+# is searched as the index into its list.
+def _tune_domain(d: Domain) -> Any:
+    if d.choice is not None:
+        return tune.choice(list(range(len(d.choice))))
+    return tune.uniform(*d.uniform) if d.uniform is not None else tune.loguniform(*d.loguniform)
+
+
+def _decode(d: Domain, value: Any) -> Any:
+    return d.choice[int(value)] if d.choice is not None else float(value)
+
+
+def _encode(d: Domain, value: Any) -> Any:
+    return d.choice.index(value) if d.choice is not None else value
+
+
+def optuna_trial(cfg: SweepConfig, student: str, config: dict[str, Any], trial_id: str) -> dict:
+    """The trial an Optuna proposal ({p0: .., p1: ..}) stands for; its name ends in Tune's id."""
+    axes = list(cfg.search.space.items())
+    params = {key: _decode(d, config[f"p{i}"]) for i, (key, d) in enumerate(axes)}
+    return {"name": trial_name(student, params, suffix=trial_id), "student": student,
+            "params": params}
+
+
+def _scheduler(cfg: SweepConfig) -> ASHAScheduler | None:
+    s = cfg.search.scheduler
+    if s.kind == "fifo":
+        return None
+    # No max_t: training length is the train section's business; never stop a trial for age.
+    return ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode=s.mode,
+                         grace_period=s.grace_period, reduction_factor=s.reduction_factor,
+                         max_t=10**9, stop_last_trials=False)
+
+
+def _fit(ctx: SweepContext, trainable, param_space: dict, num_samples: int, concurrency: int,
+         name: str, search_alg: OptunaSearch | None = None) -> tune.ResultGrid:
     tuner = tune.Tuner(
-        trainable,
-        param_space={"trial": tune.grid_search(trials)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
-        run_config=tune.RunConfig(
-            name=f"{cfg.name}-{ctx.invocation}",
-            storage_path=str(cfg.run_root_path / "tune"),
-            failure_config=tune.FailureConfig(max_failures=0),
-        ),
+        tune.with_resources(trainable, {"CPU": TRIAL_CPU}),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(num_samples=num_samples, max_concurrent_trials=concurrency,
+                                    search_alg=search_alg, scheduler=_scheduler(ctx.cfg)),
+        run_config=tune.RunConfig(name=name, storage_path=str(ctx.cfg.run_root_path / "tune"),
+                                  failure_config=tune.FailureConfig(max_failures=0)),
     )
     return tuner.fit()
+
+
+def run_tune(ctx: SweepContext, todo: list[dict[str, Any]],
+             done: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run the trials still to do; return one outcome per trial that ran now:
+    {name, student, params, metrics (last reported), error, stopped_early, history}."""
+    cfg = ctx.cfg
+    capacity = cluster_capacity()
+    concurrency = cfg.max_concurrent_trials(capacity.get("CPU", 0.0), capacity.get("GPU", 0.0))
+    base = f"{cfg.name}-{ctx.invocation}"
+    if cfg.search.algorithm != "optuna":
+        log.info("tune: %d trials, %d at a time", len(todo), min(concurrency, len(todo)))
+        trainable = tune.with_parameters(_grid_trainable, ctx=ctx)
+        grid = _fit(ctx, trainable, {"trial": tune.grid_search(todo)}, 1, concurrency, base)
+        return [_outcome(r, r.config["trial"]) for r in grid]
+    # Optuna's metric arrives only with a trial's last report (after evaluation); the
+    # intermediate Train reports carry the scheduler's metric, so Tune's strict check must go.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    outcomes = []
+    for student in cfg.students:
+        finished = [d for d in done.values() if d["student"] == student]
+        remaining = cfg.search.num_samples - len(finished)
+        if remaining <= 0:
+            continue
+        search = _optuna_search(cfg, finished)
+        log.info("tune: optuna proposes %d trials for %s (%d told from before), %d at a time",
+                 remaining, student, len(finished), min(concurrency, remaining))
+        trainable = tune.with_parameters(_optuna_trainable, ctx=ctx, student=student)
+        space = {f"p{i}": _tune_domain(d) for i, d in enumerate(cfg.search.space.values())}
+        grid = _fit(ctx, trainable, space, remaining, concurrency,
+                    f"{base}-{Path(student).name}", search)
+        outcomes += [_outcome(r, optuna_trial(cfg, student, r.config, r.metrics["trial_id"]))
+                     for r in grid]
+    return outcomes
+
+
+class _FinalMetricOptuna(OptunaSearch):
+    """OptunaSearch told only the results that carry its metric: a trial's last report, after
+    evaluation. Ray Train's per-step reports before it carry training metrics only, and stock
+    OptunaSearch fails on them (KeyError), as Optuna's pruning reports would expect."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self.metric in result:
+            super().on_trial_result(trial_id, result)
+
+
+def _optuna_search(cfg: SweepConfig, finished: list[dict[str, Any]]) -> OptunaSearch:
+    """TPE seeded from the sweep, told the finished trials of an interrupted run first."""
+    s, axes = cfg.search, list(cfg.search.space.items())
+    told = [d for d in finished if d.get(s.metric) is not None]
+    points = [{f"p{i}": _encode(dom, d["params"][key]) for i, (key, dom) in enumerate(axes)}
+              for d in told]
+    return _FinalMetricOptuna(metric=s.metric, mode=s.mode, seed=s.seed,
+                        points_to_evaluate=points or None,
+                        evaluated_rewards=[d[s.metric] for d in told] or None)
+
+
+def _outcome(result: tune.Result, trial: dict[str, Any]) -> dict[str, Any]:
+    metrics = dict(result.metrics or {})
+    stopped = result.error is None and not metrics.get(COMPLETE, False)
+    return trial | {"metrics": metrics, "error": str(result.error) if result.error else None,
+                    "stopped_early": stopped, "history": _train_history(result)}
+
+
+def _train_history(result: tune.Result) -> list[dict[str, float]]:
+    """The per-step reports Ray Train forwarded (what MLflow gets for a trial stopped early)."""
+    frame = result.metrics_dataframe
+    if frame is None or "step" not in frame:
+        return []
+    frame = frame.dropna(subset=["step"])
+    keep = [c for c in frame.columns if c not in NOT_HISTORY and not c.startswith("config/")]
+    return [{k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and v == v}
+            for row in frame[keep].to_dict("records")]

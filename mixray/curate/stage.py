@@ -35,15 +35,23 @@ def score(table: pa.Table) -> pa.Table:
 
 
 def stats(scored: pa.Table) -> dict[str, float]:
-    """Acceptance, no-answer, truncation and error rates, and token lengths of a scored table."""
+    """Acceptance, no-answer, truncation and error rates, and token lengths of a scored table.
+
+    Rates count rows, i.e. (problem, sample) pairs; ``problems_solved`` counts the problems with
+    at least one accepted sample (with several samples per problem, what a per-problem mix can
+    draw on)."""
     n = scored.num_rows
     if n == 0:
         raise ValueError("no generated rows to curate")
     reasons = scored["finish_reason"].to_pylist()
     tokens = scored["n_tokens"].to_numpy()
     accepted = int(pc.sum(scored["correct"]).as_py() or 0)
+    problems = pc.count_distinct(scored["problem_id"]).as_py()
+    solved = pc.count_distinct(scored.filter(scored["correct"])["problem_id"]).as_py()
     return {
         "rows": n,
+        "problems": problems,
+        "problems_solved": solved,
         "accepted": accepted,
         "acceptance_rate": accepted / n,
         "no_answer_rate": scored["extracted"].null_count / n,

@@ -83,6 +83,7 @@ def _sample_rates(samples: list[Mapping[str, Any]]) -> dict[str, float]:
         "response_tokens_mean": math.fsum(s["n_tokens"] for s in samples) / n,
         "truncation_rate": sum(s["finish_reason"] == "length" for s in samples) / n,
         "no_answer_rate": sum(not s["extracted"] for s in samples) / n,
+        "error_rate": sum(s["finish_reason"] == "error" for s in samples) / n,
     }
 
 
@@ -124,3 +125,28 @@ def average_over_benchmarks(metrics_by_benchmark: Mapping[str, Mapping[str, floa
     if missing:
         raise ValueError(f"benchmarks without an accuracy: {missing}")
     return _mean(m["accuracy"] for m in metrics_by_benchmark.values())
+
+
+# Rates that average over benchmarks like accuracy does (each benchmark weighs the same).
+AVERAGED = ("response_tokens_mean", "truncation_rate", "no_answer_rate", "error_rate")
+
+
+def average_metrics(metrics_by_benchmark: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """The paper's P with its standard error, and the unweighted means of the length and rate
+    metrics. The benchmarks are independent samples, so the error of their mean is
+    sqrt(sum of squared errors) / number of benchmarks."""
+    p = average_over_benchmarks(metrics_by_benchmark)
+    n = len(metrics_by_benchmark)
+    errors = [m.get("accuracy_stderr", 0.0) for m in metrics_by_benchmark.values()]
+    out = {"accuracy": p, "accuracy_stderr": math.sqrt(math.fsum(e * e for e in errors)) / n,
+           "n_benchmarks": n}
+    for key in AVERAGED:
+        values = [m[key] for m in metrics_by_benchmark.values() if key in m]
+        if len(values) == n:
+            out[key] = _mean(values)
+    return out
+
+
+def metric_name(key: str) -> str:
+    """A metric key MLflow accepts: ``pass@4`` -> ``pass_at_4`` (``@`` is not allowed)."""
+    return key.replace("@", "_at_")

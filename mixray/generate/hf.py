@@ -1,13 +1,18 @@
-"""Hugging Face transformers engine: batched `generate` with left padding, for CPUs and laptops."""
+"""Hugging Face transformers engine: batched `generate` with left padding, for CPUs, laptops and
+single GPUs (``device="cuda"``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from mixray.config import SamplingConfig
-from mixray.generate.engine import Completion, Messages
+from mixray.generate.engine import Completion, Messages, batch_seed
+
+DType = Literal["float32", "bfloat16", "float16"]
 
 
 class HFEngine:
@@ -16,26 +21,35 @@ class HFEngine:
         self.tokenizer = tokenizer
 
     @classmethod
-    def load(cls, model_path: Path | str, torch_threads: int = 1) -> HFEngine:
+    def load(cls, model_path: Path | str, torch_threads: int = 1, *, device: str = "cpu",
+             dtype: DType = "float32") -> HFEngine:
+        """``device``: "cpu" or "cuda" (the GPU Ray gave this process). fp32 is the CPU default:
+        bf16 matmuls on CPUs without AMX are several times slower."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("the HF engine was given a GPU (gpus_per_replica > 0) but CUDA is "
+                               "not available in this process: is torch a CUDA build here?")
         torch.set_num_threads(torch_threads)
         tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        # fp32: bf16 matmuls on CPUs without AMX are several times slower.
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-        return cls(model, tokenizer)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+        return cls(model.to(device).eval(), tokenizer)
 
     @torch.inference_mode()
-    def generate(self, prompts: list[Messages], sampling: SamplingConfig) -> list[Completion]:
+    def generate(self, prompts: list[Messages], sampling: SamplingConfig,
+                 seeds: Sequence[int] | None = None) -> list[Completion]:
         texts = [
             self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
             for p in prompts
         ]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = enc.to(self.model.device)
         greedy = sampling.temperature == 0.0
-        torch.manual_seed(sampling.seed)
+        # One generator per batch: seeded from the rows, so two batches never share a stream
+        # (n samples of one problem in two batches would otherwise come out identical).
+        torch.manual_seed(sampling.seed if seeds is None else batch_seed(seeds))
         out = self.model.generate(
             **enc,
             max_new_tokens=sampling.max_new_tokens,

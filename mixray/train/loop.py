@@ -1,33 +1,33 @@
 """The one SFT loop: DeepSpeed over a torch model, one optimizer step per global batch of units.
 
-Runs on every Ray Train worker (TorchTrainer has set up the gloo/NCCL process group). A step is
-`accumulation` micro-batches per rank; which manifest units each one holds is a function of the
-step (`batch_indices`), so a run resumed from a DeepSpeed checkpoint sees exactly the data an
-uninterrupted run would. Rank 0's metrics (loss overall and per pool, lr, tokens/s) are what
-Tune sees. Checkpoints: every rank saves its shard into its own folder and reports it; Ray merges
-the ranks' files into one checkpoint. The last one also holds the student as a plain HF folder
-and the per-step history.
+Runs on every rank of a process group someone else set up: Ray Train's TorchTrainer
+(`launch.py`) or torchrun (`__main__.py`). What differs between them, where metrics and
+checkpoints go and where a restart resumes from, is the `Reporter` the launcher passes in.
+A step is `accumulation` micro-batches per rank; which manifest units each one holds is a
+function of the step (`batch_indices`), so a run resumed from a DeepSpeed checkpoint sees exactly
+the data an uninterrupted run would. Metrics (loss overall and per pool, lr, tokens/s) are reduced
+over ranks. Checkpoints: every rank saves its shard into its own folder and reports it; the
+reporter merges the ranks' files. The last one also holds the student as a plain HF folder, the
+per-step history and the parameter counts.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import deepspeed
 import pyarrow.parquet as pq
-import ray.train
 import torch
 import torch.distributed as dist
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from mixray import logs
+from mixray.config import LoraConfig, TrainConfig
 from mixray.train.data import (
     IGNORE,
     batch_indices,
@@ -36,7 +36,9 @@ from mixray.train.data import (
     make_units,
     real_tokens,
 )
+from mixray.train.engine import build_engine, export_hf, total_steps
 from mixray.train.loss import forward_inputs, pool_sums, token_losses
+from mixray.train.reporting import Reporter
 
 log = logging.getLogger(__name__)
 
@@ -70,45 +72,23 @@ class LoopArgs:
     checkpoint_every: int | None
     seed: int
     torch_threads: int
+    lora: LoraConfig | None = None  # None: full fine-tuning
     # Test-only hook: on its first attempt (the marker file does not exist yet), the last rank
     # creates the marker and dies with os._exit(1) before this step, to exercise resumption.
     test_crash_step: int | None = None
     test_crash_marker: str | None = None
 
-
-def deepspeed_config(a: LoopArgs, world: int) -> dict:
-    return {
-        "train_micro_batch_size_per_gpu": a.micro_batch_size,
-        "gradient_accumulation_steps": a.accumulation,
-        "train_batch_size": a.micro_batch_size * world * a.accumulation,
-        "gradient_clipping": a.max_grad_norm,
-        "zero_optimization": {"stage": a.zero_stage},
-        "bf16": {"enabled": a.dtype == "bf16"},
-        "zero_allow_untested_optimizer": True,  # a plain torch AdamW: no CUDA/C++ op to build
-        "steps_per_print": 10**9,
-    }
+    @classmethod
+    def from_config(cls, t: TrainConfig, *, model_path: str, manifest_path: str,
+                    torch_threads: int, **test_hooks) -> LoopArgs:
+        """The loop's arguments from the sweep's train section (test_hooks: test_*)."""
+        same = {name: getattr(t, name) for name in cls.__dataclass_fields__ if hasattr(t, name)}
+        return cls(**same, model_path=model_path, manifest_path=manifest_path,
+                   torch_threads=torch_threads, **test_hooks)
 
 
-def lr_factor(step: int, total: int, warmup_ratio: float, schedule: str) -> float:
-    """Linear warmup over round(warmup_ratio * total) steps, then cosine to 0 (or constant).
-    Step 0 of a no-warmup run trains at the full lr (the paper: cosine, no warmup)."""
-    warm = round(warmup_ratio * total)
-    if step < warm:
-        return (step + 1) / (warm + 1)
-    if schedule == "constant":
-        return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-
-def total_steps(a: LoopArgs, n_units: int, world: int) -> int:
-    if a.max_steps is not None:
-        return a.max_steps
-    assert a.epochs is not None, "TrainConfig requires epochs or max_steps"
-    return max(1, math.ceil(a.epochs * n_units / (a.micro_batch_size * world * a.accumulation)))
-
-
-def train_loop_per_worker(config: dict) -> None:
-    a = LoopArgs(**config)
+def train(a: LoopArgs, reporter: Reporter) -> None:
+    """Train on this rank until the last step, resuming from the reporter's checkpoint."""
     logs.configure()
     torch.set_num_threads(a.torch_threads)
     torch.manual_seed(a.seed)
@@ -118,9 +98,9 @@ def train_loop_per_worker(config: dict) -> None:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     examples, units, pools, stats = _load_data(a, tokenizer)
     total = total_steps(a, len(units), world)
-    engine = _engine(a, world, total)
-    step, history = _resume(engine)
-    first = step  # where this attempt started: > 0 after a restart from a checkpoint
+    engine, params = build_engine(a, world, total)
+    step, history = _resume(engine, reporter, a)
+    first, t0 = step, time.perf_counter()  # first > 0 after a restart from a checkpoint
     log.info("rank %d: %d units, %d steps, starting at step %d", rank, len(units), total, step)
 
     while step < total:
@@ -140,8 +120,13 @@ def train_loop_per_worker(config: dict) -> None:
             sums += pool_sums(losses, mask, batch["pool_ids"], len(pools))
         step += 1
         history.append(_metrics(step, sums, batches, lr, started, pools, len(units), a, world)
-                       | {"resumed_at": first})
-        _report(engine, tokenizer, a, history, final=step == total, stats=stats.as_dict())
+                       | {"resumed_at": first, "wall_s": time.perf_counter() - t0})
+        final = step == total
+        if final or (a.checkpoint_every and step % a.checkpoint_every == 0):
+            _checkpoint(engine, tokenizer, a, reporter, history, final=final,
+                        extra={"data_stats": stats.as_dict(), "params": params})
+        else:
+            reporter.report(history[-1])
 
 
 def _global_loss_tokens(batches: list[dict]) -> torch.Tensor:
@@ -165,33 +150,17 @@ def _load_data(a: LoopArgs, tokenizer):
     return examples, make_units(examples, a.packing, a.max_length, phases), pools, stats
 
 
-def _engine(a: LoopArgs, world: int, total: int):
-    model = AutoModelForCausalLM.from_pretrained(a.model_path, dtype=torch.float32)
-    if a.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    # the usual convention: no weight decay on biases and norm weights (1-D tensors)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    rest = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": a.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-        lr=a.lr, betas=tuple(a.adam_betas))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total, a.warmup_ratio, a.lr_schedule))
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
-                                      config=deepspeed_config(a, world))
-    return engine
-
-
-def _resume(engine) -> tuple[int, list[dict]]:
-    """(step to start at, history so far) from Ray Train's latest checkpoint, if any."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return 0, []
-    with checkpoint.as_directory() as d:
-        _, client = engine.load_checkpoint(d)  # the tag in d/latest; optimizer and lr schedule too
+def _resume(engine, reporter: Reporter, a: LoopArgs) -> tuple[int, list[dict]]:
+    """(step to start at, history so far) from the reporter's latest checkpoint, if any."""
+    with reporter.latest_checkpoint() as d:
+        if d is None:
+            return 0, []
+        # the tag in d/latest; optimizer and lr schedule too. A LoRA checkpoint has no frozen
+        # base weights (they come from the model path), so the module load is not strict.
+        _, client = engine.load_checkpoint(d, load_module_strict=a.lora is None)
         history = json.loads((Path(d) / "history.json").read_text())
     assert client["step"] == len(history), "checkpoint step and history disagree"
-    log.info("resumed from %s at step %d", checkpoint.path, client["step"])
+    log.info("resumed from %s at step %d", d, client["step"])
     return client["step"], history
 
 
@@ -224,28 +193,17 @@ def _metrics(step: int, sums: torch.Tensor, batches: list[dict], lr: float, star
     return metrics
 
 
-def _report(engine, tokenizer, a: LoopArgs, history: list[dict], *, final: bool,
-            stats: dict) -> None:
-    """Report this step's metrics; on checkpoint steps and the last one, with a checkpoint."""
+def _checkpoint(engine, tokenizer, a: LoopArgs, reporter: Reporter, history: list[dict], *,
+                final: bool, extra: dict[str, dict]) -> None:
+    """Report this step's metrics with a checkpoint; the last one also holds the HF student."""
     step = history[-1]["step"]
-    if not final and not (a.checkpoint_every and step % a.checkpoint_every == 0):
-        ray.train.report(history[-1])
-        return
     with tempfile.TemporaryDirectory() as tmp:
-        engine.save_checkpoint(tmp, tag=f"step{step}", client_state={"step": step})
+        engine.save_checkpoint(tmp, tag=f"step{step}", client_state={"step": step},
+                               exclude_frozen_parameters=a.lora is not None)
         if final:
-            _export_hf(engine, tokenizer, Path(tmp) / "model", a.zero_stage)
+            export_hf(engine, tokenizer, Path(tmp) / "model", a)
         if dist.get_rank() == 0:
-            (Path(tmp) / "history.json").write_text(json.dumps(history))
-            (Path(tmp) / "loop_args.json").write_text(json.dumps(asdict(a)))
-            (Path(tmp) / "data_stats.json").write_text(json.dumps(stats))
-        ray.train.report(history[-1], checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
-def _export_hf(engine, tokenizer, out: Path, zero_stage: int) -> None:
-    """Rank 0 writes a plain HF folder. ZeRO-3 shards the weights, so every rank takes part in
-    gathering them layer by layer into rank 0's memory (what accelerate does for ZeRO-3)."""
-    state = engine._zero3_consolidated_16bit_state_dict() if zero_stage == 3 else None
-    if dist.get_rank() == 0:
-        engine.module.save_pretrained(out, state_dict=state)
-        tokenizer.save_pretrained(out)
+            args = asdict(a) | {"lora": a.lora.model_dump() if a.lora else None}
+            for name, content in ({"history": history, "loop_args": args} | extra).items():
+                (Path(tmp) / f"{name}.json").write_text(json.dumps(content))
+        reporter.report(history[-1], checkpoint=Path(tmp))

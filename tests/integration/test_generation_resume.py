@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from mixray import models
-from mixray.config import load_sweep
+from mixray.config import SamplingConfig, load_sweep
 from mixray.generate.stage import generate_teacher, teacher_stage
 from mixray.problems import build_problems
 
@@ -50,6 +50,38 @@ def test_resume_generates_only_missing_rows(ray_cluster, tmp_path: Path) -> None
 
     again, again_stats = generate_teacher("short", teacher, model, problems_k, killed_root)
     assert again_stats is None and again.path == resumed.path  # committed: reused, not redone
+
+
+def test_resume_with_n_samples_generates_only_missing_rows(ray_cluster, tmp_path: Path) -> None:
+    """n samples per problem: rows are (problem, sample) pairs, and a resumed run generates
+    only the pairs a killed run left out, however its parts split a problem's samples."""
+    cfg = load_sweep(REPO / "sweeps" / "smoke.yaml", ["problems.train_size=6"])
+    teacher = cfg.teachers["short"].model_copy(update={
+        "batch_size": 4, "sampling": SamplingConfig(max_new_tokens=8, temperature=0.8, n=3)})
+    model = models.resolve(teacher.model)
+    full_root, killed_root = tmp_path / "full", tmp_path / "killed"
+    problems, _ = build_problems(cfg.problems, full_root)
+    full, full_stats = generate_teacher("short", teacher, model, problems, full_root)
+    assert full_stats["rows"] == 18 and full_stats["samples_per_problem"] == 3
+
+    problems_k, _ = build_problems(cfg.problems, killed_root)
+    stage = teacher_stage("short", teacher, problems_k, killed_root)
+    # two parts of 4 rows: the second ends mid-way through a problem's samples
+    parts = sorted((full.path / "data").glob("part-*.parquet"))[:2]
+    work = stage.partial() / "data"
+    work.mkdir(parents=True)
+    for part in parts:
+        shutil.copy(part, work / part.name)
+    kept = pq.read_table(parts)
+    assert kept.num_rows == 8
+
+    resumed, stats = generate_teacher("short", teacher, model, problems_k, killed_root)
+    assert stats["resumed_rows"] == 8 and stats["rows"] == 10
+    table = pq.read_table(resumed.path / "data")
+    pairs = list(zip(table["problem_id"].to_pylist(), table["sample_idx"].to_pylist(),
+                     strict=True))
+    ids = pq.read_table(problems.path / "train.parquet")["problem_id"].to_pylist()
+    assert len(pairs) == 18 and set(pairs) == {(p, s) for p in ids for s in range(3)}
 
 
 KILLABLE = """

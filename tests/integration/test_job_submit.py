@@ -65,12 +65,12 @@ def _stop_cluster(temp: Path) -> None:
         p.kill()
 
 
-def test_job_submit_round_trip(head, tmp_path) -> None:
+def test_job_submit_round_trip(head, smoke_sweep) -> None:
     dashboard, env = head
-    run_root = tmp_path / "runs"
+    run_root = smoke_sweep[0].run_root_path  # its generation is reused; the job has its own name
     submit = [RAY, "job", "submit", f"--address={dashboard}", "--working-dir", str(REPO),
               "--no-wait", "--", "python", "-m", "mixray.sweep", "sweeps/smoke.yaml",
-              f"--set=run_root={run_root}", "--set=search.long_share=[0.5]"]
+              f"--set=run_root={run_root}", "--set=name=smoke-job", "--set=search.long_share=[0.5]"]
     for _ in range(24):  # right after `ray start` the job agent may not be up yet
         out = subprocess.run(submit, env=env, capture_output=True, text=True)
         if out.returncode == 0 or "No available agent" not in out.stderr:
@@ -95,7 +95,7 @@ def test_job_submit_round_trip(head, tmp_path) -> None:
     assert status == "succeeded", logs[-3000:]
     assert "eval acc" in logs  # the end-of-sweep table reached the job's log
 
-    cfg = load_sweep(REPO / "sweeps" / "smoke.yaml", [f"run_root={run_root}"])
+    cfg = load_sweep(REPO / "sweeps" / "smoke.yaml", [f"run_root={run_root}", "name=smoke-job"])
     client = MlflowClient(tracking_uri=cfg.tracking_uri)
     exp = client.get_experiment_by_name(cfg.experiment)
     trials = client.search_runs([exp.experiment_id], "tags.`mixray.kind` = 'trial'")

@@ -30,12 +30,14 @@ def _children(cfg, parent_id: str) -> dict[str, list]:
     return by_name
 
 
-def test_a_failing_trial_is_marked_failed_and_the_others_finish(ray_cluster, tmp_path) -> None:
+def test_a_failing_trial_is_marked_failed_and_the_others_finish(smoke_sweep, tmp_path) -> None:
     broken = tmp_path / "broken-student"  # a model folder whose weights are missing
     broken.mkdir()
     (broken / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    cfg = load_sweep(SMOKE, [f"run_root={tmp_path / 'runs'}", f"students=[tiny-random, {broken}]",
-                             "search.long_share=[0.5]"])
+    # The smoke sweep's run root (its generation is reused) under a sweep name of its own.
+    root = smoke_sweep[0].run_root_path
+    cfg = load_sweep(SMOKE, [f"run_root={root}", "name=smoke-failing",
+                             f"students=[tiny-random, {broken}]", "search.long_share=[0.5]"])
     summary = run_sweep(cfg)
     assert summary["status"] == "failed"
     rows = {t["student"]: t for t in summary["trials"]}
@@ -49,8 +51,9 @@ def test_a_failing_trial_is_marked_failed_and_the_others_finish(ray_cluster, tmp
     assert parent.info.status == "FAILED"
 
 
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster, tmp_path) -> None:
-    overrides = [f"run_root={tmp_path}", "search.max_concurrent_trials=1"]
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster, smoke_sweep) -> None:
+    overrides = [f"run_root={smoke_sweep[0].run_root_path}", "name=smoke-resume",
+                 "search.max_concurrent_trials=1"]
     cfg = load_sweep(SMOKE, overrides)
     env = os.environ | {"RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     cmd = [sys.executable, "-m", "mixray.sweep", SMOKE] + [f"--set={o}" for o in overrides]
@@ -61,7 +64,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster
         assert proc.poll() is None, "the sweep ended before it could be interrupted"
         assert time.monotonic() < deadline, "no trial finished in 600 s"
         time.sleep(1)
-        exp = client.get_experiment_by_name(cfg.experiment) if cfg.run_root_path.exists() else None
+        exp = client.get_experiment_by_name(cfg.experiment)
         runs = client.search_runs([exp.experiment_id], "tags.`mixray.kind` = 'trial' and "
                                   "attributes.status = 'FINISHED'") if exp else []
         first_done = runs[0] if runs else None

@@ -1,10 +1,16 @@
-"""The SFT loop on local Ray, 2 gloo workers, the tiny model: ZeRO-2 and ZeRO-3 train and export a
+"""The SFT loop, 2 gloo workers, the tiny model. On local Ray: ZeRO-2 and ZeRO-3 train and export a
 reloadable HF student; a worker killed mid-run resumes from the last checkpoint and continues
-exactly as the uninterrupted run (same steps, same data order, same losses)."""
+exactly as the uninterrupted run (same steps, same data order, same losses). Under torchrun (no
+Ray): the same loop gives the same per-step losses, also across a killed rank and torchrun's
+restart; with LoRA only the adapters train and the student is exported with them merged."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -12,6 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
+from safetensors.torch import load_file
 
 from mixray.config import TrainConfig
 from mixray.models import resolve
@@ -20,6 +28,9 @@ from mixray.train.launch import train_from_config
 pytestmark = pytest.mark.integration
 
 STEPS = 4  # crash before step 3 (0-based 2), after the step-2 checkpoint
+TRAIN = {"max_steps": STEPS, "micro_batch_size": 2, "lr": 1e-3, "max_length": 128,
+         "checkpoint_every": 2}
+TORCHRUN_TIMEOUT_S = 300  # about 45 s on 2 idle cores with a crash and a restart, 22 s without
 
 
 def _manifest(path: Path) -> str:
@@ -31,8 +42,7 @@ def _manifest(path: Path) -> str:
 
 
 def _fit(tmp: Path, storage: Path, test_hooks: dict | None = None, **overrides):
-    t = TrainConfig(**({"max_steps": STEPS, "micro_batch_size": 2, "lr": 1e-3, "max_length": 128,
-                        "checkpoint_every": 2} | overrides))
+    t = TrainConfig(**(TRAIN | overrides))
     return train_from_config(
         t, model_path=str(resolve("tiny-random")), manifest_path=_manifest(tmp / "manifest.parquet"),
         torch_threads=1, cpus_per_worker=0.49, storage=storage,
@@ -40,7 +50,24 @@ def _fit(tmp: Path, storage: Path, test_hooks: dict | None = None, **overrides):
         **(test_hooks or {}))
 
 
-def _reloads_with_finite_loss(model_dir: Path) -> None:
+def _torchrun(tmp: Path, train: dict, *, restarts: int = 0, hooks: dict | None = None) -> Path:
+    """`torchrun --standalone --nproc-per-node 2 -m mixray.train`; returns its --out folder."""
+    (tmp / "train.yaml").write_text(yaml.safe_dump(train))
+    out = tmp / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "--max-restarts", str(restarts), "-m", "mixray.train", "--model", "tiny-random",
+           "--manifest", _manifest(tmp / "manifest.parquet"), "--config", str(tmp / "train.yaml"),
+           "--out", str(out)]
+    for key, value in (hooks or {}).items():  # the loop's test_* hooks
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    # a restart needs a rendezvous store of its own (mixray.train.__main__.check_restartable)
+    env = os.environ | {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=TORCHRUN_TIMEOUT_S, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    return out
+
+
+def _reloads_with_finite_loss(model_dir: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -48,6 +75,7 @@ def _reloads_with_finite_loss(model_dir: Path) -> None:
     ids = tok("1 + 1 = 2", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert math.isfinite(float(model(input_ids=ids, labels=ids).loss))
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +119,47 @@ def test_killed_worker_resumes_from_checkpoint(zero2, tmp_path) -> None:
     for got, want in zip(history, reference):
         assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5)
         assert got["train_loss/long"] == pytest.approx(want["train_loss/long"], rel=1e-5)
+
+
+def test_torchrun_runs_the_same_loop_and_resumes_after_a_crash(zero2, tmp_path) -> None:
+    marker = tmp_path / "crashed"
+    out = _torchrun(tmp_path, TRAIN | {"zero_stage": 2}, restarts=1,
+                    hooks={"test_crash_step": 2, "test_crash_marker": marker})
+    assert marker.exists(), "the test hook did not fire"
+    history = json.loads((out / "history.json").read_text())
+    assert [h["step"] for h in history] == list(range(1, STEPS + 1))
+    # steps 1-2 ran in the first attempt; torchrun restarted both ranks, which resumed at step 2
+    assert [h["resumed_at"] for h in history] == [0, 0, 2, 2]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step2", "step4"]
+    _reloads_with_finite_loss(out / "model")
+    # the same loop as under Ray Train: the same losses, step by step, as the Ray ZeRO-2 run
+    _, reference = zero2
+    for got, want in zip(history, reference, strict=True):
+        for key in ("train_loss", "train_loss/long", "train_loss/short", "lr"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5), (got["step"], key)
+
+
+def test_lora_trains_only_adapters_and_exports_them_merged(tmp_path) -> None:
+    rank, targets = 4, ["q_proj", "v_proj"]
+    lora = {"rank": rank, "alpha": 8, "dropout": 0.0, "target_modules": targets}
+    out = _torchrun(tmp_path, TRAIN | {"zero_stage": 2, "max_steps": 3, "checkpoint_every": None,
+                                       "lora": lora})
+    history = json.loads((out / "history.json").read_text())
+    assert [h["step"] for h in history] == [1, 2, 3]
+    assert all(math.isfinite(h["train_loss"]) for h in history)
+
+    base = load_file(resolve("tiny-random") / "model.safetensors")
+    targeted = {k for k in base if k.split(".")[-2] in targets}
+    assert len(targeted) == 2 * len(targets)  # 2 layers
+    # an adapter on W [out, in] is A [rank, in] and B [out, rank]; nothing else trains
+    params = json.loads((out / "params.json").read_text())
+    assert params["trainable"] == sum(rank * sum(base[k].shape) for k in targeted)
+    assert params["total"] == sum(v.numel() for v in base.values()) + params["trainable"]
+
+    model = _reloads_with_finite_loss(out / "model")  # transformers alone, no peft
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    merged = load_file(out / "model" / "model.safetensors")
+    assert set(merged) == set(base)
+    # the merge changed exactly the targeted weights (B starts at 0: they moved by training)
+    for key, weight in base.items():
+        assert (not torch.equal(merged[key], weight)) == (key in targeted), key

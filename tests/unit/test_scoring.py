@@ -116,7 +116,16 @@ def test_benchmark_metrics() -> None:
     assert m["response_tokens_mean"] == pytest.approx((6 * 10 + 30 + 50) / 8)
     assert m["truncation_rate"] == pytest.approx(1 / 8)
     assert m["no_answer_rate"] == pytest.approx(1 / 8)
+    assert m["error_rate"] == 0.0
     assert (m["n_problems"], m["n_samples"]) == (2, 8)
+
+
+def test_benchmark_metrics_counts_engine_errors() -> None:
+    rows = _rows()
+    rows[1] = _row("a", 1, None, False, tokens=0, finish="error")  # the engine failed this one
+    m = benchmark_metrics(rows)
+    assert m["error_rate"] == pytest.approx(1 / 8)
+    assert m["no_answer_rate"] == pytest.approx(2 / 8)  # an error row has no answer either
 
 
 def test_benchmark_metrics_orders_samples_by_index() -> None:

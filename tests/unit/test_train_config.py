@@ -34,10 +34,61 @@ def test_the_papers_recipe_is_expressible() -> None:
 
 
 def test_lr_schedule_cosine_with_and_without_warmup() -> None:
-    from mixray.train.loop import lr_factor
+    from mixray.train.engine import lr_factor
 
     assert [round(lr_factor(s, 5, 0.0, "cosine"), 3) for s in range(5)] == \
         [1.0, 0.905, 0.655, 0.345, 0.095]
     warm = [lr_factor(s, 10, 0.2, "cosine") for s in range(10)]
     assert warm[0] < warm[1] < warm[2] == 1.0 and warm[-1] < 0.05
     assert lr_factor(7, 10, 0.0, "constant") == 1.0
+
+
+def test_lora_section_is_typed_and_reaches_the_loop() -> None:
+    from mixray.config import LoraConfig
+    from mixray.train.loop import LoopArgs
+
+    assert TrainConfig().lora is None  # full fine-tuning unless asked
+    t = TrainConfig(lora={"rank": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]})
+    assert t.lora == LoraConfig(rank=8, alpha=16, dropout=0.05, target_modules=["q_proj", "v_proj"])
+    assert TrainConfig(lora={}).lora.target_modules == "all-linear"
+    a = LoopArgs.from_config(t, model_path="m", manifest_path="x.parquet", torch_threads=1)
+    assert a.lora == t.lora and a.accumulation == t.accumulation and a.zero_stage == 2
+
+
+@pytest.mark.parametrize("lora, words", [
+    ({"rank": 0}, "greater than or equal to 1"),
+    ({"dropout": 1.0}, "less than 1"),
+    ({"target_modules": []}, "at least one module name"),
+    ({"target_modules": "q_proj"}, "all-linear"),  # one name is still a list
+    ({"r": 8}, "Extra inputs are not permitted"),
+])
+def test_lora_mistakes_are_named(lora, words) -> None:
+    with pytest.raises(ValidationError, match=words):
+        TrainConfig(lora=lora)
+
+
+def test_torchrun_config_takes_the_world_size(tmp_path) -> None:
+    from mixray.train.__main__ import read_train_config
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("name: x\ntrain: {max_steps: 3, micro_batch_size: 1, global_batch_size: 8}\n")
+    t = read_train_config(sweep, world=4)  # a whole sweep file: its train section
+    assert (t.num_workers, t.accumulation, t.max_steps) == (4, 2, 3)
+    bare = tmp_path / "train.json"
+    bare.write_text('{"num_workers": 2, "lora": {"rank": 4}}')
+    assert read_train_config(bare, world=2).lora.rank == 4
+    with pytest.raises(ValueError, match="num_workers is 2 but torchrun started 3"):
+        read_train_config(bare, world=3)
+    bare.write_text('{"zero_stage": 4}')
+    with pytest.raises(ValueError, match="zero_stage"):
+        read_train_config(bare, world=2)
+
+
+def test_torchrun_restarts_need_their_own_store() -> None:
+    from mixray.train.__main__ import check_restartable
+
+    shared = {"TORCHELASTIC_MAX_RESTARTS": "1", "TORCHELASTIC_USE_AGENT_STORE": "True"}
+    with pytest.raises(ValueError, match="TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"):
+        check_restartable(shared)
+    check_restartable(shared | {"TORCHELASTIC_USE_AGENT_STORE": "False"})  # the variable set
+    check_restartable(shared | {"TORCHELASTIC_MAX_RESTARTS": "0"})  # no restart, no problem

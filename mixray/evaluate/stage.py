@@ -1,0 +1,357 @@
+"""The evaluation stage: benchmarks -> one pass of the generate stage -> scores -> metrics.
+
+Every benchmark's problems go through the generation stage (`mixray.generate.stage`, an actor
+pool of the configured engine: hf or vllm), ``n_samples`` completions each, in one pass, so the
+model loads once however many benchmarks there are. Completions are scored per benchmark
+(`benchmarks.AnswerFormat`), answers math-verify rejects are optionally re-judged by an LLM
+(`judge`), and the metrics come out per benchmark and as the paper's P.
+
+What lands in ``out_dir``:
+  benchmarks/<name>.parquet   each benchmark's problems, as loaded
+  bad_rows.jsonl              records a benchmark could not use, each with its reason (if any)
+  generation_inputs.parquet   one row per (benchmark, problem): the user turns generated from
+  generations/                the generate stage's output (resumable; ``_spec.json`` says of what)
+  judge/                      the judge's generations, when a judge is configured
+  samples.parquet             per sample: problem, gold, completion, extracted answer, correct...
+  metrics.json                per benchmark, the average over benchmarks, the flat metrics
+  sample_completions.json     a few completions per benchmark (MLflow's table format)
+
+A killed evaluation rerun into the same ``out_dir`` generates only the missing rows; generations
+of anything else (another model, prompt, sampling or problem set) are never mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mixray.artifacts import spec_key
+from mixray.config import EvaluateConfig, SamplingConfig
+from mixray.curate.extract import extract_answer, last_boxed, last_number
+from mixray.curate.verify import VERIFIER_VERSION, is_correct, is_correct_gsm8k
+from mixray.evaluate.benchmarks import (
+    AnswerFormat,
+    LoadedBenchmark,
+    ReasoningGymBenchmark,
+    load_benchmark,
+    read_problem_texts,
+)
+from mixray.evaluate.judge import JudgeConfig, judge_prompt, parse_verdict
+from mixray.evaluate.scoring import average_metrics, benchmark_metrics, metric_name
+from mixray.generate.stage import GenerationJob, run_generation
+
+log = logging.getLogger(__name__)
+
+OnStale = Literal["regenerate", "refuse"]
+"""What to do when ``out_dir`` holds generations of a different evaluation: ``regenerate``
+(discard them, with a warning: a sweep trial rerun after its model was retrained) or ``refuse``
+(a ValueError: the CLI pointed at a folder with someone else's results)."""
+
+SAMPLE_SCHEMA = pa.schema([
+    ("benchmark", pa.string()), ("problem_id", pa.string()), ("sample_idx", pa.int32()),
+    ("problem", pa.string()), ("answer", pa.string()), ("prompt", pa.string()),
+    ("completion", pa.string()), ("extracted", pa.string()), ("verified", pa.bool_()),
+    ("judge", pa.string()), ("correct", pa.bool_()), ("n_tokens", pa.int64()),
+    ("finish_reason", pa.string()), ("error", pa.string()), ("gen_id", pa.string()),
+])
+TABLE_COLUMNS = ("benchmark", "problem_id", "problem", "answer", "completion", "extracted",
+                 "correct", "judge", "finish_reason", "n_tokens")
+TABLE_TEXT_CHARS = {"problem": 1000, "completion": 4000}  # keep the artifact readable
+
+
+def load_benchmarks(cfg: EvaluateConfig, heldout: Path | None = None,
+                    exclude_problems: Path | None = None) -> list[LoadedBenchmark]:
+    """Load every benchmark of ``cfg``; raises ValueError naming the first one that fails.
+
+    ``exclude_problems`` (training problems) keeps reasoning-gym sets disjoint from them.
+    """
+    needs_exclusion = any(isinstance(b, ReasoningGymBenchmark) for b in cfg.benchmarks)
+    exclude = read_problem_texts(exclude_problems) if exclude_problems and needs_exclusion \
+        else set()
+    return [load_benchmark(spec, heldout=heldout, exclude=exclude) for spec in cfg.benchmarks]
+
+
+def evaluate_model(
+    model_dir: Path, problems: Path | None, cfg: EvaluateConfig, system_prompt: str | None,
+    out_dir: Path, *, exclude_problems: Path | None = None, on_stale: OnStale = "regenerate",
+    **placement: Any,
+) -> dict[str, float]:
+    """Evaluate the model in ``model_dir`` on ``cfg.benchmarks``; returns the flat metrics.
+
+    ``problems`` is the sweep's held-out set (what a ``heldout`` benchmark means); by default
+    its sibling ``train.parquet``, when there is one, is what reasoning-gym sets must avoid.
+    ``placement`` (cpus_per_engine, torch_threads) goes to the generation actors. The returned
+    keys: ``eval_accuracy`` (the paper's P: one benchmark's accuracy, or the unweighted mean),
+    ``eval_accuracy_stderr``, ``eval_n`` (problems), ``eval_samples``, ``eval_no_answer_rate``,
+    ``eval_truncation_rate``, ``eval_error_rate``, ``eval_tokens_mean`` (rates and lengths
+    averaged over benchmarks like P), ``eval_bad_rows``, the judge's counts when it ran, and
+    ``eval.<benchmark>.<metric>`` for every per-benchmark metric (``pass@k`` as ``pass_at_k``).
+    """
+    if exclude_problems is None and problems is not None:
+        sibling = Path(problems).parent / "train.parquet"
+        exclude_problems = sibling if sibling.is_file() else None
+    benchmarks = load_benchmarks(cfg, problems, exclude_problems)
+    return run_evaluation(model_dir, benchmarks, cfg, system_prompt, out_dir,
+                          on_stale=on_stale, **placement)
+
+
+def run_evaluation(
+    model_dir: Path, benchmarks: Sequence[LoadedBenchmark], cfg: EvaluateConfig,
+    system_prompt: str | None, out_dir: Path, *, on_stale: OnStale = "regenerate",
+    judge_model_dir: Path | None = None, **placement: Any,
+) -> dict[str, float]:
+    """Generate, score and summarise already loaded benchmarks (Ray must be connected)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_benchmarks(benchmarks, out_dir)
+    inputs = _generation_inputs(benchmarks, cfg)
+    inputs_path = out_dir / "generation_inputs.parquet"
+    pq.write_table(pa.Table.from_pylist(
+        [{"problem_id": r["gen_pid"], "problem": r["prompt"], "answer": r["answer"]}
+         for r in inputs],
+        pa.schema([("problem_id", pa.string()), ("problem", pa.string()), ("answer", pa.string())]),
+    ), inputs_path)
+
+    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                              top_p=cfg.top_p, seed=cfg.seed, n=cfg.n_samples)
+    # The user turn is already formatted per benchmark (GSM8K takes the raw question), so the
+    # job's template only passes it through.
+    job = GenerationJob(label="eval", model_path=str(model_dir), prompt="{problem}",
+                        system=system_prompt or None, sampling=sampling,
+                        batch_size=cfg.batch_size, replicas=cfg.replicas, engine=cfg.engine,
+                        gpus_per_replica=cfg.gpus, **placement)
+    gen_dir = out_dir / "generations"
+    _prepare(gen_dir, {"model": str(model_dir), "weights": _fingerprint(Path(model_dir)),
+                       "engine": {"kind": cfg.engine.kind, **cfg.engine.content()},
+                       "system": system_prompt or None, "sampling": sampling.model_dump(),
+                       "inputs": spec_key({"rows": [[r["gen_pid"], r["prompt"], r["answer"]]
+                                                    for r in inputs]})}, on_stale)
+    log.info("evaluate: %d benchmarks, %d problems x %d samples", len(benchmarks), len(inputs),
+             cfg.n_samples)
+    gen_stats = run_generation(job, inputs_path, gen_dir)
+    generated = {(r["problem_id"], r["sample_idx"]): r
+                 for r in pq.read_table(gen_dir).to_pylist()}
+    formats = {b.name: b.answer_format for b in benchmarks}
+    samples = []
+    for row in inputs:
+        for s in range(cfg.n_samples):
+            out = generated.get((row["gen_pid"], s))
+            if out is None:
+                raise RuntimeError(f"generation left sample {s} of {row['gen_pid']} without output")
+            samples.append(_scored(row, s, out, formats[row["benchmark"]]))
+    judged = cfg.judge is not None
+    if cfg.judge is not None:
+        if judge_model_dir is None and cfg.judge.model is not None:
+            from mixray import models
+
+            judge_model_dir = models.resolve(cfg.judge.model)
+        _judge(samples, formats, cfg.judge, judge_model_dir, cfg.replicas, out_dir, on_stale,
+               placement)
+    pq.write_table(pa.Table.from_pylist(samples, SAMPLE_SCHEMA), out_dir / "samples.parquet")
+
+    per_benchmark = {b.name: _benchmark_summary(b, samples, cfg.pass_ks, judged)
+                     for b in benchmarks}
+    average = average_metrics(per_benchmark)
+    flat = flat_metrics(per_benchmark, average, judged)
+    report = {"model": str(model_dir), "verifier": VERIFIER_VERSION,
+              "sources": {b.name: b.source for b in benchmarks},
+              "benchmarks": per_benchmark, "average": average, "metrics": flat,
+              "generation": gen_stats}
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "sample_completions.json").write_text(
+        json.dumps(sample_table(samples, benchmarks, cfg.samples_to_log), indent=2))
+    for name, m in per_benchmark.items():
+        log.info("evaluate[%s]: accuracy %.3f ± %.3f on %d problems x %d samples", name,
+                 m["accuracy"], m["accuracy_stderr"], m["n_problems"],
+                 m["n_samples"] // m["n_problems"])
+    log.info("evaluate %s: P = %.3f ± %.3f over %d benchmark(s)", model_dir, average["accuracy"],
+             average["accuracy_stderr"], len(per_benchmark))
+    return flat
+
+
+def _write_benchmarks(benchmarks: Sequence[LoadedBenchmark], out_dir: Path) -> None:
+    folder = out_dir / "benchmarks"
+    folder.mkdir(exist_ok=True)
+    for b in benchmarks:
+        pq.write_table(pa.Table.from_pylist(b.rows, pa.schema(
+            [("problem_id", pa.string()), ("problem", pa.string()), ("answer", pa.string())])),
+            folder / f"{b.name}.parquet")
+    bad = [row for b in benchmarks for row in b.bad_rows]
+    bad_path = out_dir / "bad_rows.jsonl"
+    if bad:
+        bad_path.write_text("".join(json.dumps(row) + "\n" for row in bad))
+    elif bad_path.exists():
+        bad_path.unlink()  # left by an earlier run over other data
+
+
+def _generation_inputs(benchmarks: Sequence[LoadedBenchmark],
+                       cfg: EvaluateConfig) -> list[dict[str, Any]]:
+    """One row per (benchmark, problem); the generation stage samples each n times. The
+    generation's problem id names the benchmark and the problem's position, never the problem's
+    own id: ids of different benchmarks may collide, and they may hold any character."""
+    rows = []
+    for b in benchmarks:
+        template = b.prompt or cfg.prompt
+        for i, problem in enumerate(b.rows):
+            rows.append({"gen_pid": f"{b.name}/{i}", "benchmark": b.name,
+                         "problem_id": problem["problem_id"], "problem": problem["problem"],
+                         "answer": problem["answer"],
+                         "prompt": template.format(problem=problem["problem"])})
+    return rows
+
+
+def _fingerprint(model_dir: Path) -> list[list[Any]]:
+    """Name, size and mtime of the weight files: a retrained model at the same path differs."""
+    files = sorted([*model_dir.glob("*.safetensors"), *model_dir.glob("*.bin")])
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def _prepare(folder: Path, spec: dict[str, Any], on_stale: OnStale) -> None:
+    """Make ``folder`` hold generations of ``spec`` only (``_spec.json``, which pyarrow skips
+    when reading the folder); earlier parts of the same spec stay, so a rerun resumes."""
+    spec = json.loads(json.dumps(spec))  # as it reads back from disk
+    spec_path = folder / "_spec.json"
+    if any(folder.glob("part-*.parquet")):
+        old = json.loads(spec_path.read_text()) if spec_path.exists() else None
+        if old != spec:
+            if on_stale == "refuse":
+                raise ValueError(f"{folder} holds generations of another evaluation (other model, "
+                                 "prompts, sampling or problems); choose another output folder "
+                                 "or delete it")
+            log.warning("%s holds generations of another evaluation; discarding them", folder)
+            shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True))
+
+
+def score_completion(completion: str, gold: str, answer_format: AnswerFormat
+                     ) -> tuple[str | None, bool]:
+    """(extracted answer or None, whether it verifies against ``gold``)."""
+    if answer_format == "last_number":
+        extracted = last_number(completion)
+        return extracted, is_correct_gsm8k(extracted, gold)
+    extracted = last_boxed(completion) if answer_format == "boxed" else extract_answer(completion)
+    extracted = extracted or None  # an empty \boxed{} is no answer
+    return extracted, is_correct(extracted, gold)
+
+
+def _scored(row: dict[str, Any], sample_idx: int, generated: dict[str, Any],
+            answer_format: AnswerFormat) -> dict[str, Any]:
+    completion = generated["completion"] or ""
+    if generated["finish_reason"] == "error":
+        extracted, verified = None, False
+    else:
+        extracted, verified = score_completion(completion, row["answer"], answer_format)
+    return row | {"sample_idx": sample_idx, "gen_id": f"{row['gen_pid']}/{sample_idx}",
+                  "completion": completion, "extracted": extracted, "verified": verified,
+                  "judge": None, "correct": verified, "n_tokens": generated["n_tokens"],
+                  "finish_reason": generated["finish_reason"], "error": generated["error"]}
+
+
+def judge_candidates(samples: Sequence[dict[str, Any]], formats: dict[str, AnswerFormat]
+                     ) -> list[dict[str, Any]]:
+    """Samples the judge looks at: an answer was extracted and math-verify rejected it."""
+    return [s for s in samples if s["extracted"] and not s["verified"]
+            and s["finish_reason"] != "error" and formats[s["benchmark"]] != "last_number"]
+
+
+def apply_verdicts(candidates: Sequence[dict[str, Any]], verdicts: dict[str, str]) -> None:
+    """Record each candidate's verdict; only a clear True makes a sample correct."""
+    for s in candidates:
+        s["judge"] = verdicts[s["gen_id"]]
+        s["correct"] = s["verified"] or s["judge"] == "true"
+
+
+def _judge(samples: list[dict[str, Any]], formats: dict[str, AnswerFormat], judge: JudgeConfig,
+           judge_model_dir: Path | None, replicas: int, out_dir: Path, on_stale: OnStale,
+           placement: dict[str, Any]) -> None:
+    """Judge the candidates through the generation stage (``judge_model_dir`` is None for an
+    http judge) and record the verdicts in ``samples``."""
+    candidates = judge_candidates(samples, formats)
+    log.info("judge: %d of %d samples have an answer math-verify rejected", len(candidates),
+             len(samples))
+    if not candidates:
+        return
+    rows = [{"problem_id": s["gen_id"], "answer": "",
+             "problem": judge_prompt(judge.prompt, s["problem"], s["answer"], s["extracted"])}
+            for s in candidates]
+    inputs_path = out_dir / "judge_inputs.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), inputs_path)
+    sampling = SamplingConfig(max_new_tokens=judge.max_new_tokens, temperature=0.0)
+    local = judge_model_dir is not None
+    job = GenerationJob(label="judge", model_path=str(judge_model_dir) if local else None,
+                        prompt="{problem}", system=judge.system_prompt, sampling=sampling,
+                        batch_size=judge.batch_size, replicas=replicas, engine=judge.engine,
+                        gpus_per_replica=judge.gpus_per_replica, **placement)
+    judge_dir = out_dir / "judge"
+    _prepare(judge_dir, {"model": str(judge_model_dir),
+                         "weights": _fingerprint(judge_model_dir) if local else None,
+                         "judge": judge.model_dump(),
+                         "inputs": spec_key({"rows": [[r["problem_id"], r["problem"]]
+                                                      for r in rows]})}, on_stale)
+    run_generation(job, inputs_path, judge_dir)
+    verdicts = {r["problem_id"]: parse_verdict(r["completion"]) if r["error"] is None
+                else "undecided" for r in pq.read_table(judge_dir).to_pylist()}
+    apply_verdicts(candidates, verdicts)
+
+
+def _benchmark_summary(b: LoadedBenchmark, samples: Sequence[dict[str, Any]], ks: Sequence[int],
+                       judged: bool) -> dict[str, float]:
+    rows = [s for s in samples if s["benchmark"] == b.name]
+    m = benchmark_metrics(rows, ks)
+    m["bad_rows"] = len(b.bad_rows)
+    if judged:
+        verdicts = [s["judge"] for s in rows if s["judge"] is not None]
+        m |= {"judge_checked": len(verdicts), "judge_true": verdicts.count("true"),
+              "judge_false": verdicts.count("false"),
+              "judge_undecided": verdicts.count("undecided")}
+    return m
+
+
+def flat_metrics(per_benchmark: dict[str, dict[str, float]], average: dict[str, float],
+                 judged: bool) -> dict[str, float]:
+    """The metrics a sweep trial reports (and MLflow logs): headline keys, then per benchmark."""
+    total = lambda key: sum(m[key] for m in per_benchmark.values())  # noqa: E731
+    flat: dict[str, float] = {
+        "eval_accuracy": average["accuracy"],
+        "eval_accuracy_stderr": average["accuracy_stderr"],
+        "eval_n": total("n_problems"),
+        "eval_samples": total("n_samples"),
+        "eval_no_answer_rate": average["no_answer_rate"],
+        "eval_truncation_rate": average["truncation_rate"],
+        "eval_error_rate": average["error_rate"],
+        "eval_tokens_mean": average["response_tokens_mean"],
+        "eval_bad_rows": total("bad_rows"),
+    }
+    if judged:
+        for key in ("judge_checked", "judge_true", "judge_false", "judge_undecided"):
+            flat[f"eval_{key}"] = total(key)
+    for name, m in per_benchmark.items():
+        flat |= {f"eval.{name}.{metric_name(k)}": v for k, v in m.items()}
+    return flat
+
+
+def sample_table(samples: Sequence[dict[str, Any]], benchmarks: Sequence[LoadedBenchmark],
+                 per_benchmark: int) -> dict[str, list]:
+    """The first ``per_benchmark`` problems of each benchmark, sample 0, as MLflow's table
+    format ({"columns": [...], "data": [[...], ...]})."""
+    data = []
+    for b in benchmarks:
+        first = {p["problem_id"] for p in b.rows[:per_benchmark]}
+        for s in samples:
+            if s["benchmark"] == b.name and s["sample_idx"] == 0 and s["problem_id"] in first:
+                data.append([_clip(c, s[c]) for c in TABLE_COLUMNS])
+    return {"columns": list(TABLE_COLUMNS), "data": data}
+
+
+def _clip(column: str, value: Any) -> Any:
+    limit = TABLE_TEXT_CHARS.get(column)
+    if limit and isinstance(value, str) and len(value) > limit:
+        return value[:limit] + " [...]"
+    return value

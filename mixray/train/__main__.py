@@ -1,0 +1,129 @@
+"""The SFT loop under torchrun, without Ray: the same `loop.train` the sweep's TorchTrainer runs.
+
+    torchrun --standalone --nproc-per-node 2 -m mixray.train --model tiny-random \\
+        --manifest runs/trials/.../manifest.parquet --config train.yaml --out runs/torchrun/x
+
+--config is a YAML or JSON file with the sweep file's `train:` keys (TrainConfig), or a whole
+sweep file, whose `train:` section is taken. num_workers is the torchrun world size (giving
+another value is an error). The process group is gloo (CPU). Written under --out:
+checkpoints/step<N>/ (DeepSpeed, the latest two), and at the end model/ (the student as a plain
+HF folder, LoRA merged), history.json, params.json, data_stats.json. Run again with the same
+--out, or let torchrun restart it (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --max-restarts N;
+see check_restartable), to resume from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from mixray import logs, models
+from mixray.config import TrainConfig
+
+log = logging.getLogger("mixray.train")
+
+
+def read_train_config(path: Path, world: int) -> TrainConfig:
+    """The train section in `path`, its num_workers set to (or checked against) the world size."""
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of train keys, got {type(raw).__name__}")
+    section = raw.get("train", {}) if isinstance(raw.get("train"), dict) else raw
+    if section.get("num_workers", world) != world:
+        raise ValueError(f"{path}: num_workers is {section['num_workers']} but torchrun started "
+                         f"{world} processes; leave num_workers out or make them agree")
+    try:
+        return TrainConfig.model_validate(section | {"num_workers": world})
+    except ValidationError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def check_restartable(env: Mapping[str, str]) -> None:
+    """torchrun --max-restarts > 0 needs a rendezvous store of its own per attempt.
+
+    By default the workers share torchrun's rendezvous TCPStore, whose keys outlive a restart:
+    measured here (torch 2.13), the restarted ranks read the dead ranks' gloo addresses and
+    DeepSpeed's first new_group fails with "Connection refused" (pytorch#135712). With the c10d
+    rendezvous and TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 each attempt gets a fresh store and the
+    restart resumes from the last checkpoint (torchrun's static rendezvous always shares it).
+    """
+    if int(env.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and \
+            env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        raise ValueError("torchrun --max-restarts shares its rendezvous store with the workers, "
+                         "so a restart cannot rebuild the process groups; use the c10d "
+                         "rendezvous (--standalone or --rdzv-backend c10d) and run it as "
+                         "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun ...")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="torchrun ... -m mixray.train",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="a model spec (mixray/models.py) or folder")
+    parser.add_argument("--manifest", required=True, type=Path, help="a mix manifest (Parquet)")
+    parser.add_argument("--config", required=True, type=Path, help="train keys (YAML/JSON)")
+    parser.add_argument("--out", required=True, type=Path, help="checkpoints and the student")
+    parser.add_argument("--torch-threads", type=int, default=1, help="intra-op threads per rank")
+    parser.add_argument("--test-crash-step", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--test-crash-marker", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logs.configure()
+    world = int(os.environ.get("WORLD_SIZE", "0"))
+    if not world:
+        raise SystemExit("run this under torchrun: torchrun --nproc-per-node N -m mixray.train ...")
+    try:
+        t = read_train_config(args.config, world)
+        check_restartable(os.environ)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    # DeepSpeed builds its shared-memory op on first use (about 50 s): keep it where Ray
+    # workers keep theirs (mixray.sweep.worker_env), so it is built once per machine.
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(models.cache_dir() / "torch_extensions"))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import torch.distributed as dist
+
+    from mixray.train.loop import LoopArgs, train
+    from mixray.train.reporting import FolderReporter
+
+    dist.init_process_group(backend="gloo")
+    try:
+        hooks = {"test_crash_step": args.test_crash_step,
+                 "test_crash_marker": args.test_crash_marker}
+        loop_args = LoopArgs.from_config(
+            t, model_path=str(models.resolve(args.model)), manifest_path=str(args.manifest),
+            torch_threads=args.torch_threads, **hooks)
+        reporter = FolderReporter(args.out)
+        train(loop_args, reporter)
+        if dist.get_rank() == 0:
+            _publish(reporter.checkpoints()[-1], args.out)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _publish(final: Path, out: Path) -> None:
+    """Move the final checkpoint's student to out/model and copy its records next to it."""
+    if (final / "model").exists():
+        if (out / "model").exists():
+            shutil.rmtree(out / "model")
+        (final / "model").rename(out / "model")
+    else:  # a rerun of a finished run: nothing trained, the student was published before
+        assert (out / "model").exists(), f"{final} holds no model and {out}/model is missing"
+    for name in ("history.json", "params.json", "data_stats.json"):
+        shutil.copy(final / name, out / name)
+    log.info("student at %s (%s)", out / "model", final.name)
+
+
+if __name__ == "__main__":
+    main()

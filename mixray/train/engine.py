@@ -1,0 +1,126 @@
+"""The DeepSpeed engine the loop drives: model (optionally with peft LoRA adapters), AdamW,
+cosine-with-warmup schedule, ZeRO config; and the export of the student as a plain HF folder.
+
+With LoRA the base weights are frozen and only the adapters are in the optimizer; checkpoints
+leave the frozen weights out (a resumed run reloads them from the model path), and the export is
+the base with the adapters merged in, so evaluation never needs peft.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from transformers import AutoModelForCausalLM
+
+if TYPE_CHECKING:
+    from mixray.config import LoraConfig
+    from mixray.train.loop import LoopArgs
+
+log = logging.getLogger(__name__)
+
+
+def deepspeed_config(a: LoopArgs, world: int) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": a.micro_batch_size,
+        "gradient_accumulation_steps": a.accumulation,
+        "train_batch_size": a.micro_batch_size * world * a.accumulation,
+        "gradient_clipping": a.max_grad_norm,
+        "zero_optimization": {"stage": a.zero_stage},
+        "bf16": {"enabled": a.dtype == "bf16"},
+        "zero_allow_untested_optimizer": True,  # a plain torch AdamW: no CUDA/C++ op to build
+        "steps_per_print": 10**9,
+    }
+
+
+def lr_factor(step: int, total: int, warmup_ratio: float, schedule: str) -> float:
+    """Linear warmup over round(warmup_ratio * total) steps, then cosine to 0 (or constant).
+    Step 0 of a no-warmup run trains at the full lr (the paper: cosine, no warmup)."""
+    warm = round(warmup_ratio * total)
+    if step < warm:
+        return (step + 1) / (warm + 1)
+    if schedule == "constant":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def total_steps(a: LoopArgs, n_units: int, world: int) -> int:
+    if a.max_steps is not None:
+        return a.max_steps
+    assert a.epochs is not None, "TrainConfig requires epochs or max_steps"
+    return max(1, math.ceil(a.epochs * n_units / (a.micro_batch_size * world * a.accumulation)))
+
+
+def with_lora(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
+    """The model wrapped by peft: adapters on lora.target_modules, every other weight frozen."""
+    import peft
+
+    return peft.get_peft_model(model, peft.LoraConfig(
+        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+
+
+def build_engine(a: LoopArgs, world: int, total: int) -> tuple[deepspeed.DeepSpeedEngine, dict]:
+    """(engine, {"trainable": n, "total": n} parameter counts, taken before ZeRO-3 shards them)."""
+    model = AutoModelForCausalLM.from_pretrained(a.model_path, dtype=torch.float32)
+    if a.gradient_checkpointing:
+        # non-reentrant: works with frozen embeddings (LoRA), whose outputs need no grad
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if a.lora is not None:
+        model = with_lora(model, a.lora)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    counts = {"trainable": sum(p.numel() for p in trainable),
+              "total": sum(p.numel() for p in model.parameters())}
+    log.info("parameters: %d trainable of %d (%s)", counts["trainable"], counts["total"],
+             "LoRA" if a.lora else "full fine-tuning")
+    # the usual convention: no weight decay on biases and norm weights (1-D tensors); LoRA has
+    # none of those, and an empty group would give DeepSpeed an empty flat buffer to shard
+    groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": a.weight_decay},
+              {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=a.lr,
+                                  betas=tuple(a.adam_betas))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, a.warmup_ratio, a.lr_schedule))
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+                                      config=deepspeed_config(a, world))
+    return engine, counts
+
+
+def export_hf(engine: deepspeed.DeepSpeedEngine, tokenizer, out: Path, a: LoopArgs) -> None:
+    """Rank 0 writes a plain HF folder. ZeRO-3 shards the weights, so every rank takes part in
+    gathering them layer by layer into rank 0's memory (what accelerate does for ZeRO-3); with
+    LoRA only the adapters are gathered and merged into a fresh copy of the base."""
+    lora = a.lora is not None
+    if a.zero_stage == 3:
+        state = engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=lora)
+    else:
+        keep = _trainable_names(engine.module) if lora else None
+        state = {k: v for k, v in engine.module.state_dict().items() if keep is None or k in keep}
+    if dist.get_rank() != 0:
+        return
+    if lora:
+        _merged(a, state).save_pretrained(out)
+    else:
+        engine.module.save_pretrained(out, state_dict=state)
+    tokenizer.save_pretrained(out)
+
+
+def _trainable_names(model: torch.nn.Module) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _merged(a: LoopArgs, adapters: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The base from the model path plus the trained adapters, merged into plain Linear layers."""
+    assert a.lora is not None
+    # the dtype the full fine-tuning export would have (DeepSpeed's bf16 mode trains bf16 weights)
+    dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
+    model = with_lora(AutoModelForCausalLM.from_pretrained(a.model_path, dtype=dtype), a.lora)
+    missing, unexpected = model.load_state_dict(adapters, strict=False)
+    assert not unexpected and _trainable_names(model).isdisjoint(missing), \
+        f"adapter weights do not match the model: {unexpected or missing}"
+    return model.merge_and_unload()

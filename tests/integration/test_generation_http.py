@@ -1,0 +1,142 @@
+"""An http teacher against a real OpenAI-compatible server on 127.0.0.1, through the generation
+stage: the same schema and row counts as the hf engine, n samples per problem, and an engine
+error (the server answers 500 for one problem) that becomes counted error rows.
+
+The server is this file run as a script (``--serve``): the standard library's HTTP server over
+`HFEngine` with the tiny model, one request at a time. It fails on purpose for prompts holding
+a user turn equal to ``--fail-always`` (500 every time) or ``--fail-once`` (503 the first
+time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import select
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLING = {"max_new_tokens": 8, "temperature": 0.7, "n": 2}
+
+
+def serve(model_dir: str, fail_always: str, fail_once: str) -> None:
+    from mixray.config import SamplingConfig
+    from mixray.generate.hf import HFEngine
+
+    engine = HFEngine.load(model_dir, torch_threads=1)
+    lock, seen = threading.Lock(), Counter()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def _reply(self, status: int, payload: dict | str) -> None:
+            body = (json.dumps(payload) if isinstance(payload, dict) else payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:  # noqa: N802 - the http.server API
+            if self.path != "/v1/chat/completions":
+                return self._reply(404, {"error": "not found"})
+            req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            turn = req["messages"][-1]["content"]
+            with lock:
+                seen[turn] += 1
+                if turn == fail_always:
+                    return self._reply(500, {"error": "injected failure"})
+                if turn == fail_once and seen[turn] == 1:
+                    return self._reply(503, {"error": "injected transient failure"})
+                sampling = SamplingConfig(max_new_tokens=req["max_tokens"],
+                                          temperature=req["temperature"], top_p=req["top_p"])
+                [out] = engine.generate([req["messages"]], sampling, [req["seed"]])
+            self._reply(200, {
+                "id": "cmpl", "object": "chat.completion", "model": req["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
+                             "finish_reason": out.finish_reason}],
+                "usage": {"completion_tokens": out.n_tokens}})
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    print(f"PORT {httpd.server_address[1]}", flush=True)
+    httpd.serve_forever()
+
+
+def _wait_for_port(proc: subprocess.Popen, timeout: float = 180.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the test server exited before listening"
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        if ready:
+            line = proc.stdout.readline().strip()
+            if line.startswith("PORT "):
+                return int(line.split()[1])
+    raise AssertionError(f"the test server did not listen within {timeout:.0f} s")
+
+
+def test_http_teacher_matches_hf_schema_and_counts_errors(ray_cluster, tmp_path: Path) -> None:
+    from mixray import models
+    from mixray.config import ProblemsConfig, TeacherConfig
+    from mixray.generate.stage import generate_teacher
+    from mixray.problems import build_problems
+
+    model = models.resolve("tiny-random")
+    problems, _ = build_problems(ProblemsConfig(train_size=10, eval_size=2), tmp_path)
+    texts = pq.read_table(problems.path / "train.parquet").to_pylist()
+    broken, flaky = texts[3], texts[6]
+    hf = TeacherConfig(model="tiny-random", style="short", sampling=SAMPLING, batch_size=10)
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(model),
+         "--fail-always", hf.prompt.format(problem=broken["problem"]),
+         "--fail-once", hf.prompt.format(problem=flaky["problem"])],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        # the hf teacher runs while the server loads its model
+        hf_stage, hf_stats = generate_teacher("hf", hf, model, problems, tmp_path)
+        port = _wait_for_port(server)
+        http = TeacherConfig(style="short", sampling=SAMPLING, batch_size=4, engine={
+            "kind": "http", "base_url": f"http://127.0.0.1:{port}/v1", "model": "tiny-random",
+            "max_retries": 2, "backoff_s": 0.05, "timeout_s": 30, "max_requests_per_s": 200})
+        http_stage, http_stats = generate_teacher("api", http, None, problems, tmp_path)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert server.returncode is not None  # stopped
+
+    hf_table = pq.read_table(hf_stage.path / "data")
+    http_table = pq.read_table(http_stage.path / "data")
+    assert http_table.schema.equals(hf_table.schema)
+    assert hf_table.num_rows == http_table.num_rows == 10 * 2  # problems x samples
+    for table in (hf_table, http_table):
+        pairs = list(zip(table["problem_id"].to_pylist(), table["sample_idx"].to_pylist(),
+                         strict=True))
+        assert len(set(pairs)) == 20 and set(table["sample_idx"].to_pylist()) == {0, 1}
+    assert hf_stats["errors"] == 0 and hf_stats["rows"] == 20
+
+    errors = http_table.filter(pc.equal(http_table["finish_reason"], "error")).to_pylist()
+    assert http_stats["errors"] == len(errors) == 2  # both samples of the broken problem
+    assert {e["problem_id"] for e in errors} == {broken["problem_id"]}
+    assert all("HTTP 500" in e["error"] and e["n_tokens"] == 0 for e in errors)
+    ok = http_table.filter(pc.is_null(http_table["error"]))
+    assert ok.num_rows == 18 and flaky["problem_id"] in ok["problem_id"].to_pylist()
+    assert all(0 <= n <= SAMPLING["max_new_tokens"] for n in ok["n_tokens"].to_pylist())
+    assert http_stats["tokens"] == sum(ok["n_tokens"].to_pylist()) > 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="OpenAI-compatible test server (tiny model)")
+    parser.add_argument("--serve", required=True, metavar="MODEL_DIR")
+    parser.add_argument("--fail-always", default="\x00never")
+    parser.add_argument("--fail-once", default="\x00never")
+    args = parser.parse_args()
+    serve(args.serve, args.fail_always, args.fail_once)

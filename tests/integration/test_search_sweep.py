@@ -1,0 +1,46 @@
+"""Search beyond the long-share grid, on the smoke sweep: any key as an axis, and ASHA stopping a
+trial early on the training loss that Ray Train forwards to Tune at every step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from mixray.config import load_sweep
+from mixray.sweep import format_summary, run_sweep
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_asha_stops_the_trial_that_does_not_learn(smoke_sweep) -> None:
+    smoke_cfg, _, _ = smoke_sweep  # same run root: generation and curation come from its cache
+    cfg = load_sweep(REPO / "sweeps" / "smoke.yaml", [
+        f"run_root={smoke_cfg.run_root_path}", "name=smoke-asha", "search.long_share=[0.5]",
+        # Trial order is the grid's: the learning student first, so its losses set the rungs the
+        # second (lr 1e-7: its loss stays where it started) is measured against.
+        "search.space={train.lr: {grid: [3.0e-3, 1.0e-7]}}", "search.max_concurrent_trials=1",
+        "search.scheduler={kind: asha, metric: train_loss, mode: min, grace_period: 1}",
+        "train.max_steps=8", "train.checkpoint_every=0",
+    ])
+    summary = run_sweep(cfg)
+
+    assert all(stage["cached"] for stage in summary["stages"].values())
+    rows = {t["params"]["train.lr"]: t for t in summary["trials"]}
+    assert rows[3e-3]["error"] is None and not rows[3e-3]["stopped_early"]
+    assert rows[3e-3]["eval_accuracy"] is not None
+    assert rows[1e-7]["stopped_early"] and rows[1e-7]["error"] is None
+    assert summary["status"] == "finished"
+
+    client = MlflowClient(tracking_uri=cfg.tracking_uri)
+    parent = client.get_run(summary["mlflow"]["parent_run_id"])
+    exp = client.get_experiment_by_name("smoke-asha")
+    children = {r.data.tags["mixray.trial"]: r for r in client.search_runs(
+        [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")}
+    assert set(children) == {rows[3e-3]["trial"], rows[1e-7]["trial"]}
+    good, stopped = children[rows[3e-3]["trial"]], children[rows[1e-7]["trial"]]
+    assert good.info.status == "FINISHED" and good.data.params["train.lr"] == "0.003"
+    assert stopped.info.status == "KILLED" and "asha" in stopped.data.tags["mixray.stopped_early"]
+    curve = client.get_metric_history(stopped.info.run_id, "train_loss")
+    assert 1 <= len(curve) < cfg.train.max_steps  # its steps so far, logged although it was killed
+    assert "stopped early" in format_summary(cfg, summary | {"summary_path": "-"})
