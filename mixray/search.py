@@ -87,8 +87,9 @@ class FifoScheduler(_Strict):
 
 
 class AshaScheduler(_Strict):
-    """Asynchronous successive halving: at each rung a trial whose intermediate `metric` is in the
-    worse part of those seen at that rung stops early. Train reports a result each step."""
+    """Asynchronous successive halving: at each rung (a training step: grace_period x
+    reduction_factor^k) a trial whose intermediate `metric` is in the worse part of those seen at
+    that rung stops early. Ray Train forwards the loop's metrics to Tune as training goes."""
 
     kind: Literal["asha"]
     metric: str = Field("train_loss", description="An intermediate metric reported while training.")

@@ -176,22 +176,24 @@ def run_upstream(cfg: SweepConfig, timings: dict[str, float]) -> dict[str, Any]:
     """Models, problems, and per-teacher generation and curation — each cached by its key."""
     from mixray.curate.stage import curate
     from mixray.generate.stage import generate_teacher
-    from mixray.problems import build_problems
+    from mixray.problems import build_problems, problems_summary
 
     t0 = time.perf_counter()
-    specs = {*cfg.students, *(t.model for t in cfg.teachers.values())}
+    specs = {*cfg.students, *(t.local_model for t in cfg.teachers.values() if t.local_model)}
     paths = {spec: models.resolve(spec) for spec in sorted(specs)}
     timings["models"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     problems, cached = build_problems(cfg.problems, cfg.run_root_path)
     timings["problems"] = time.perf_counter() - t0
     up: dict[str, Any] = {"paths": paths, "problems": problems, "pools": {}, "curate": {},
-                          "stages": {"problems": {"path": str(problems.path), "cached": cached}}}
+                          "stages": {"problems": {"path": str(problems.path), "cached": cached,
+                                                  "summary": problems_summary(problems)}}}
     placement = {"cpus_per_engine": cfg.resources.cpus_per_engine,
                  "torch_threads": cfg.resources.torch_threads}
     for label, teacher in cfg.teachers.items():
         t0 = time.perf_counter()
-        gen, gen_stats = generate_teacher(label, teacher, paths[teacher.model], problems,
+        model = paths[teacher.local_model] if teacher.local_model else None  # http: served
+        gen, gen_stats = generate_teacher(label, teacher, model, problems,
                                           cfg.run_root_path, **placement)
         cur, stats, cur_cached = curate(gen, cfg.curate, cfg.run_root_path)
         timings[f"generate+curate.{label}"] = time.perf_counter() - t0
@@ -240,9 +242,9 @@ def _close_stopped(cfg: SweepConfig, parent_id: str, outcomes: list[dict[str, An
             continue
         run_id = tracking.find_child(cfg, parent_id, o["name"])
         if run_id is not None:
-            steps = len(o["history"])
+            step = int(o["history"][-1]["step"]) if o["history"] else 0
             tracking.stop_child(cfg, run_id, o["history"],
-                                f"{cfg.search.scheduler.kind} after {steps} steps")
+                                f"{cfg.search.scheduler.kind} at step {step}")
 
 
 def sweep_gaps(cfg: SweepConfig, parent_id: str) -> list[Any]:

@@ -139,8 +139,11 @@ def _scheduler(cfg: SweepConfig) -> ASHAScheduler | None:
     s = cfg.search.scheduler
     if s.kind == "fifo":
         return None
-    # No max_t: training length is the train section's business; never stop a trial for age.
-    return ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode=s.mode,
+    # Rungs count training steps (the loop's `step`), not reports: Train sends one at most every
+    # 2 s (train/launch.py), so reports per step differ across machines and model sizes. The
+    # trial's last report (evaluation) has no step and so never enters a rung. No max_t:
+    # training length is the train section's business; never stop a trial for age.
+    return ASHAScheduler(time_attr="step", metric=s.metric, mode=s.mode,
                          grace_period=s.grace_period, reduction_factor=s.reduction_factor,
                          max_t=10**9, stop_last_trials=False)
 

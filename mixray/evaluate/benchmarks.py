@@ -174,6 +174,17 @@ class RegistryBenchmark(_Spec):
         return base.model_copy(update={"path": self.path or base.path, "limit": self.limit})
 
 
+def known_reasoning_gym_task(task: str) -> str:
+    """A reasoning-gym dataset name, or a ValueError naming similar ones."""
+    import reasoning_gym  # noqa: F401  (imported for its registry)
+    from reasoning_gym.factory import DATASETS
+
+    if task not in DATASETS:
+        close = sorted(n for n in DATASETS if task.split("_")[0] in n)[:8]
+        raise ValueError(f"unknown reasoning-gym task {task!r}; similar: {close or 'none'}")
+    return task
+
+
 class ReasoningGymBenchmark(_Spec):
     """An offline set from a reasoning-gym task (no network). Problems whose text appears among
     the training problems are skipped, so the set never scores a trained-on problem."""
@@ -197,16 +208,7 @@ class ReasoningGymBenchmark(_Spec):
             data = data | {"name": f"rg-{task}"}
         return data
 
-    @field_validator("task")
-    @classmethod
-    def _known_task(cls, task: str) -> str:
-        import reasoning_gym  # noqa: F401  (imported for its registry)
-        from reasoning_gym.factory import DATASETS
-
-        if task not in DATASETS:
-            close = sorted(n for n in DATASETS if task.split("_")[0] in n)[:8]
-            raise ValueError(f"unknown reasoning-gym task {task!r}; similar: {close or 'none'}")
-        return task
+    _known_task = field_validator("task")(known_reasoning_gym_task)
 
 
 def parse_benchmark(value: Any) -> Any:

@@ -93,7 +93,10 @@ def load_engine(job: GenerationJob) -> Engine:
                                gpu_memory_utilization=e.gpu_memory_utilization,
                                tensor_parallel_size=e.tensor_parallel_size,
                                enable_prefix_caching=e.enable_prefix_caching,
-                               seed=job.sampling.seed)
+                               seed=job.sampling.seed,
+                               # the actor holds the tensor-parallel GPUs itself (see load)
+                               distributed_executor_backend="mp"
+                               if e.tensor_parallel_size > 1 else None)
     assert kind == "hf", kind
     from mixray.generate.hf import HFEngine
 

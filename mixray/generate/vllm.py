@@ -57,7 +57,11 @@ class VLLMEngine:
         tensor_parallel_size: int = 1,
         enable_prefix_caching: bool = False,
         seed: int = 0,
+        distributed_executor_backend: str | None = None,
     ) -> VLLMEngine:
+        """``distributed_executor_backend``: vLLM's own choice when None. Inside a Ray actor
+        that already holds the tensor-parallel GPUs pass "mp": vLLM's default there is "ray",
+        which asks the cluster for *more* GPU bundles and waits for them."""
         vllm = import_vllm()
         from vllm.platforms import current_platform
 
@@ -74,6 +78,8 @@ class VLLMEngine:
             tensor_parallel_size=tensor_parallel_size,
             enable_prefix_caching=enable_prefix_caching,
             seed=seed,
+            **({"distributed_executor_backend": distributed_executor_backend}
+               if distributed_executor_backend else {}),
         )
         return cls(llm)
 

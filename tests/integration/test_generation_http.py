@@ -47,7 +47,7 @@ def serve(model_dir: str, fail_always: str, fail_once: str) -> None:
             self.end_headers()
             self.wfile.write(body)
 
-        def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        def do_POST(self) -> None:  # the name is http.server's API
             if self.path != "/v1/chat/completions":
                 return self._reply(404, {"error": "not found"})
             req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

@@ -8,6 +8,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
@@ -21,9 +22,9 @@ class _Stub(BaseHTTPRequestHandler):
     """Behaviour by the user turn: fail-always (500), fail-once (503 then fine), too-many (429
     with Retry-After then fine), bad-request (400), no-usage, not-json; else a completion."""
 
-    calls: Counter = Counter()
-    bodies: list[dict] = []
-    headers_seen: list[dict] = []
+    calls: ClassVar[Counter] = Counter()
+    bodies: ClassVar[list[dict]] = []
+    headers_seen: ClassVar[list[dict]] = []
     lock = threading.Lock()
 
     def log_message(self, *args) -> None:  # keep pytest's output clean
@@ -37,7 +38,7 @@ class _Stub(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+    def do_POST(self) -> None:  # the name is http.server's API
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         turn = body["messages"][-1]["content"]
         with self.lock:
