@@ -1,1 +1,2 @@
-"""Student SFT: chat-templated data with response-only loss, one DeepSpeed loop, Ray Train launch."""
+"""Student SFT: chat-templated data with response-only loss, one DeepSpeed loop (full or LoRA),
+launched by Ray Train (launch.py) or torchrun (__main__.py)."""

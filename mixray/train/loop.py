@@ -119,6 +119,7 @@ def train(a: LoopArgs, reporter: Reporter) -> None:
             engine.step()
             sums += pool_sums(losses, mask, batch["pool_ids"], len(pools))
         step += 1
+        # wall_s: this attempt's loop time so far, reports included (steps/s per launcher)
         history.append(_metrics(step, sums, batches, lr, started, pools, len(units), a, world)
                        | {"resumed_at": first, "wall_s": time.perf_counter() - t0})
         final = step == total
