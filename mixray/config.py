@@ -812,8 +812,8 @@ class ResourcesConfig(Strict):
     cpus_per_engine: float = Field(0.5, gt=0, description="CPUs reserved by each generation actor.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per worker process.")
     gpus_per_train_worker: float = Field(
-        0.0, ge=0.0, description="GPUs per training worker; > 0 trains on GPUs (NCCL), 0 on CPUs "
-        "(gloo). Trial concurrency follows from the cluster's GPUs too.")
+        0.0, ge=0.0, description="GPUs per training worker, counted for placement and trial "
+        "concurrency. The loop itself still trains with gloo on CPUs (GPU training: open issue).")
 
 
 class TrackingConfig(Strict):
