@@ -41,6 +41,8 @@ def test_asha_stops_the_trial_that_does_not_learn(smoke_sweep) -> None:
     good, stopped = children[rows[3e-3]["trial"]], children[rows[1e-7]["trial"]]
     assert good.info.status == "FINISHED" and good.data.params["train.lr"] == "0.003"
     assert stopped.info.status == "KILLED" and "asha" in stopped.data.tags["mixray.stopped_early"]
-    curve = client.get_metric_history(stopped.info.run_id, "train_loss")
-    assert 1 <= len(curve) < cfg.train.max_steps  # its steps so far, logged although it was killed
+    # Its steps so far are logged although it was killed, and they end where ASHA stopped it.
+    steps = sorted(m.step for m in client.get_metric_history(stopped.info.run_id, "train_loss"))
+    stop_step = int(stopped.data.tags["mixray.stopped_early"].rsplit(" ", 1)[-1])
+    assert steps and steps[-1] == stop_step < cfg.train.max_steps
     assert "stopped early" in format_summary(cfg, summary | {"summary_path": "-"})
