@@ -97,6 +97,15 @@ class AshaScheduler(_Strict):
     grace_period: int = Field(1, ge=1, description="Steps every trial gets before it can be stopped.")
     reduction_factor: float = Field(2.0, gt=1.0, description="1/reduction_factor of trials go on at each rung.")
 
+    def rung_steps(self, up_to: int = 10**7) -> list[int]:
+        """The training steps at which ASHA judges a trial: the first whole step at or past each
+        rung. Train reports metrics sparsely (train/launch.py), so it must report at these."""
+        steps, milestone = [], float(self.grace_period)
+        while milestone <= up_to:
+            steps.append(math.ceil(milestone))
+            milestone *= self.reduction_factor
+        return sorted(set(steps))
+
 
 class SearchConfig(_Strict):
     """The trials of a sweep: students x the search space."""

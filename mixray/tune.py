@@ -70,8 +70,10 @@ def run_trial(trial: dict[str, Any], ctx: SweepContext) -> dict[str, float]:
         model_dir, history = train_from_config(
             cfg.train, model_path=ctx.student_paths[trial["student"]],
             manifest_path=str(out / "manifest.parquet"), torch_threads=cfg.resources.torch_threads,
-            cpus_per_worker=cfg.resources.cpus_per_train_worker, storage=cfg.run_root_path / "train",
+            cpus_per_worker=cfg.resources.cpus_per_train_worker,
+            gpus_per_worker=cfg.resources.gpus_per_train_worker, storage=cfg.run_root_path / "train",
             name=f"{ctx.invocation}-{trial['name']}", callbacks=[TuneReportCallback()],
+            report_steps=_rung_steps(ctx.cfg),  # the sweep's: a trial's cfg has no search
         )
         t2 = time.perf_counter()
         metrics = evaluate_model(
@@ -135,12 +137,18 @@ def optuna_trial(cfg: SweepConfig, student: str, config: dict[str, Any], trial_i
             "params": params}
 
 
+def _rung_steps(cfg: SweepConfig) -> list[int]:
+    """The steps a trial's scheduler judges it at, so Train reports those whatever its interval."""
+    s = cfg.search.scheduler
+    return s.rung_steps() if s.kind == "asha" else []
+
+
 def _scheduler(cfg: SweepConfig) -> ASHAScheduler | None:
     s = cfg.search.scheduler
     if s.kind == "fifo":
         return None
     # Rungs count training steps (the loop's `step`), not reports: Train sends one at most every
-    # 2 s (train/launch.py), so reports per step differ across machines and model sizes. The
+    # 2 s (train/launch.py) and always at the rungs' steps (_rung_steps). The
     # trial's last report (evaluation) has no step and so never enters a rung. No max_t:
     # training length is the train section's business; never stop a trial for age.
     return ASHAScheduler(time_attr="step", metric=s.metric, mode=s.mode,

@@ -5,7 +5,8 @@
 
 --config is a YAML or JSON file with the sweep file's `train:` keys (TrainConfig), or a whole
 sweep file, whose `train:` section is taken. num_workers is the torchrun world size (giving
-another value is an error). The process group is gloo (CPU). Written under --out:
+another value is an error). On a machine with GPUs each rank takes the one at its LOCAL_RANK
+(NCCL for the model, gloo for the loop's CPU tensors); otherwise all is gloo on CPU. Written under --out:
 checkpoints/step<N>/ (DeepSpeed, the latest two), and at the end model/ (the student as a plain
 HF folder, LoRA merged), history.json, params.json, data_stats.json. Run again with the same
 --out, or let torchrun restart it (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --max-restarts N;
@@ -96,7 +97,11 @@ def main(argv: list[str] | None = None) -> None:
     from mixray.train.loop import LoopArgs, train
     from mixray.train.reporting import FolderReporter
 
-    dist.init_process_group(backend="gloo")
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
     try:
         hooks = {"test_crash_step": args.test_crash_step,
                  "test_crash_marker": args.test_crash_marker}

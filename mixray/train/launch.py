@@ -1,4 +1,7 @@
-"""Launch the SFT loop on a Ray Train TorchTrainer (gloo on CPU) and return the exported student.
+"""Launch the SFT loop on a Ray Train TorchTrainer and return the exported student.
+
+Workers with GPUs train on them (NCCL for the model's collectives, gloo for the loop's small CPU
+ones); without, everything is gloo on CPU.
 
 `RayReporter` is the loop's `Reporter` here: metrics and checkpoints go to `ray.train.report` (metrics
 at most once per controller poll, see REPORT_INTERVAL_S), and a restarted worker group resumes from
@@ -40,10 +43,16 @@ REPORT_INTERVAL_S = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2
 
 
 class RayReporter:
-    """The loop's Reporter under Ray Train: Ray merges the ranks' checkpoint folders into one."""
+    """The loop's Reporter under Ray Train: Ray merges the ranks' checkpoint folders into one.
 
-    def __init__(self, interval_s: float = REPORT_INTERVAL_S) -> None:
+    `always`: steps whose metrics go whatever the interval, the rungs where a Tune scheduler
+    judges a trial (ASHA only sees the steps it is sent: with the interval alone, a fast loop
+    reported steps 1 and 8 of 8 and was "stopped early" at its end)."""
+
+    def __init__(self, interval_s: float = REPORT_INTERVAL_S,
+                 always: frozenset[int] = frozenset()) -> None:
         self.interval_s = interval_s
+        self.always = always
         self._last = -math.inf
 
     @contextmanager
@@ -56,7 +65,7 @@ class RayReporter:
             yield Path(d)
 
     def report(self, metrics: dict, checkpoint: Path | None = None) -> None:
-        if checkpoint is None and not self._due():
+        if checkpoint is None and metrics["step"] not in self.always and not self._due():
             return
         self._last = time.monotonic()
         ray.train.report(metrics, checkpoint=None if checkpoint is None
@@ -72,18 +81,21 @@ class RayReporter:
 
 def train_loop_per_worker(config: dict) -> None:
     """What each TorchTrainer worker runs: the loop, reporting to Ray Train."""
-    train(LoopArgs(**config), RayReporter())
+    train(LoopArgs(**config["loop"]), RayReporter(always=frozenset(config["report_steps"])))
 
 
 def train_from_config(t: TrainConfig, *, model_path: str, manifest_path: str, torch_threads: int,
-                      cpus_per_worker: float, storage: Path, name: str,
-                      callbacks: list | None = None, **test_hooks) -> tuple[Path, list[dict]]:
-    """What a trial calls: the train section -> (HF folder of the student, per-step history)."""
+                      cpus_per_worker: float, storage: Path, name: str, gpus_per_worker: float = 0.0,
+                      callbacks: list | None = None, report_steps: list[int] | None = None,
+                      **test_hooks) -> tuple[Path, list[dict]]:
+    """What a trial calls: the train section -> (HF folder of the student, per-step history).
+    report_steps: steps whose metrics always reach Ray (a Tune scheduler's rungs)."""
     args = LoopArgs.from_config(t, model_path=model_path, manifest_path=manifest_path,
                                 torch_threads=torch_threads, **test_hooks)
     return train_student(args, num_workers=t.num_workers, cpus_per_worker=cpus_per_worker,
-                         storage=storage, name=name, callbacks=callbacks,
-                         max_failures=t.max_failures)
+                         gpus_per_worker=gpus_per_worker, storage=storage, name=name,
+                         callbacks=callbacks,
+                         max_failures=t.max_failures, report_steps=report_steps)
 
 
 def train_student(
@@ -95,6 +107,8 @@ def train_student(
     name: str,
     callbacks: list | None = None,
     max_failures: int = 0,
+    report_steps: list[int] | None = None,
+    gpus_per_worker: float = 0.0,
 ) -> tuple[Path, list[dict]]:
     """Fit; return (HF folder of the trained student, per-step history).
 
@@ -102,10 +116,13 @@ def train_student(
     """
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=asdict(args),
-        torch_config=TorchConfig(backend="gloo"),
+        train_loop_config={"loop": asdict(args), "report_steps": report_steps or []},
+        # NCCL only takes CUDA tensors; the loop's step counts and report votes are CPU ones
+        torch_config=TorchConfig(backend="cpu:gloo,cuda:nccl" if gpus_per_worker else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=num_workers, use_gpu=False, resources_per_worker={"CPU": cpus_per_worker}
+            num_workers=num_workers, use_gpu=gpus_per_worker > 0,
+            resources_per_worker={"CPU": cpus_per_worker}
+            | ({"GPU": gpus_per_worker} if gpus_per_worker else {}),
         ),
         run_config=RunConfig(
             name=name,  # unique per trial: the same name would silently resume an old run

@@ -106,9 +106,9 @@ def train(a: LoopArgs, reporter: Reporter) -> None:
     while step < total:
         _maybe_crash(a, rank, step)
         started, lr = time.perf_counter(), engine.get_lr()[0]
-        batches = [collate_units(examples, [units[i] for i in batch_indices(
+        batches = [_to(engine.device, collate_units(examples, [units[i] for i in batch_indices(
             step * a.accumulation + m, rank, world, a.micro_batch_size, len(units))], pad_id,
-            a.packing) for m in range(a.accumulation)]
+            a.packing)) for m in range(a.accumulation)]
         # Weigh every loss token of the global batch alike: DeepSpeed divides by accumulation
         # and averages over ranks, so scale each micro-batch's loss sum by world * accum / tokens.
         n_tokens = _global_loss_tokens(batches)
@@ -117,7 +117,7 @@ def train(a: LoopArgs, reporter: Reporter) -> None:
             losses, mask = token_losses(engine(**forward_inputs(batch)).logits, batch["labels"])
             engine.backward(losses.sum() * world * a.accumulation / n_tokens.clamp(min=1))
             engine.step()
-            sums += pool_sums(losses, mask, batch["pool_ids"], len(pools))
+            sums += pool_sums(losses, mask, batch["pool_ids"], len(pools)).cpu()
         step += 1
         # wall_s: this attempt's loop time so far, reports included (steps/s per launcher)
         history.append(_metrics(step, sums, batches, lr, started, pools, len(units), a, world)
@@ -128,6 +128,10 @@ def train(a: LoopArgs, reporter: Reporter) -> None:
                         extra={"data_stats": stats.as_dict(), "params": params})
         else:
             reporter.report(history[-1])
+
+
+def _to(device: torch.device, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def _global_loss_tokens(batches: list[dict]) -> torch.Tensor:

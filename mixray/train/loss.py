@@ -36,7 +36,7 @@ def pool_sums(losses: torch.Tensor, mask: torch.Tensor, pool_ids: torch.Tensor,
               n_pools: int) -> torch.Tensor:
     """[n_pools, 2]: summed loss and token count per pool (detached, for metrics)."""
     pools = pool_ids[:, 1:][mask]
-    out = torch.zeros(n_pools, 2, dtype=torch.float64)
+    out = torch.zeros(n_pools, 2, dtype=torch.float64, device=losses.device)
     out[:, 0].index_add_(0, pools, losses[mask].detach().double())
     out[:, 1].index_add_(0, pools, torch.ones_like(pools, dtype=torch.float64))
     return out

@@ -21,7 +21,7 @@ def test_asha_stops_the_trial_that_does_not_learn(smoke_sweep) -> None:
         # second (lr 1e-7: its loss stays where it started) is measured against.
         "search.space={train.lr: {grid: [3.0e-3, 1.0e-7]}}", "search.max_concurrent_trials=1",
         "search.scheduler={kind: asha, metric: train_loss, mode: min, grace_period: 1}",
-        "train.max_steps=8",
+        "train.max_steps=4",
     ])
     summary = run_sweep(cfg)
 

@@ -76,6 +76,15 @@ def test_optuna_trials_are_counted_not_listed() -> None:
     assert cfg.search.scheduler.kind == "asha" and cfg.search.scheduler.metric == "train_loss"
 
 
+def test_asha_rung_steps_are_the_first_whole_steps_at_each_rung() -> None:
+    from mixray.search import AshaScheduler
+
+    assert AshaScheduler(kind="asha").rung_steps(up_to=20) == [1, 2, 4, 8, 16]
+    # milestones 3, 4.5, 6.75, 10.125: ASHA judges a trial at the first step at or past each
+    assert AshaScheduler(kind="asha", grace_period=3, reduction_factor=1.5).rung_steps(
+        up_to=11) == [3, 5, 7, 11]
+
+
 @pytest.mark.parametrize("overrides, words", [
     (["search.space={teachers.long.model: {grid: [x]}}"], ["teachers.long.model", "mix., train."]),
     (["search.space={train.num_workers: {grid: [1, 2]}}"], ["train.num_workers", "placement"]),

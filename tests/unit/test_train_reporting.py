@@ -34,6 +34,10 @@ def test_ray_reporter_coalesces_metrics_but_never_a_checkpoint(group, tmp_path,
     for step in range(1, 4):
         every.report({"step": step})
     assert [s for s, _ in sent[2:]] == [1, 2, 3]
+    rungs = RayReporter(interval_s=3600.0, always=frozenset({2, 4}))
+    for step in range(1, 6):
+        rungs.report({"step": step})
+    assert [s for s, _ in sent[5:]] == [1, 2, 4]  # a scheduler's rungs go whatever the interval
 
 
 def test_folder_reporter_keeps_complete_checkpoints(group, tmp_path) -> None:
