@@ -779,9 +779,6 @@ class EvaluateConfig(Strict):
         if bad_ks:
             raise ValueError(f"every k in ks must lie in [1, n_samples={self.n_samples}], "
                              f"got {bad_ks}")
-        if isinstance(self.engine, HTTPEngineConfig):
-            raise ValueError("evaluate.engine runs the model being evaluated (a checkpoint "
-                             "folder): hf or vllm; http serves only judges and teachers")
         names = [b.name for b in self.benchmarks]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -812,8 +809,8 @@ class ResourcesConfig(Strict):
     cpus_per_engine: float = Field(0.5, gt=0, description="CPUs reserved by each generation actor.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per worker process.")
     gpus_per_train_worker: float = Field(
-        0.0, ge=0.0, description="GPUs per training worker, counted for placement and trial "
-        "concurrency. The loop itself still trains with gloo on CPUs (GPU training: open issue).")
+        0.0, ge=0.0, description="GPUs per training worker: > 0 trains on them (NCCL), 0 on CPUs "
+        "(gloo). Also sets how many trials run at once.")
 
 
 class TrackingConfig(Strict):
@@ -847,6 +844,10 @@ class SweepConfig(Strict):
             if pool not in self.mix.pools:
                 raise ValueError(f"{where} is {pool!r}, which is not in mix.pools "
                                  f"{sorted(self.mix.pools)}; give it a weight (0 is fine)")
+        if self.evaluate.engine.kind == "http":
+            raise ValueError("evaluate.engine is http, but a sweep evaluates the students it "
+                             "trains (checkpoint folders): use hf or vllm; http serves teachers "
+                             "and judges (and python -m mixray.evaluate)")
         shares = self.search.axes().get(LONG_SHARE)
         if shares is not None and len(set(shares.corners())) > 1 and not self.mix.uses_base_mix():
             raise ValueError("search.long_share varies the base mix mix.pools, but every part of "

@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate any model (a checkpoint folder, a packaged model, a hub id) on "
         "benchmarks, with the generation stage's engines; results go to a folder and MLflow.",
         epilog=BENCHMARK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="model spec: 'tiny-random', "
-                   "'smollm2-135m-instruct', a local Hugging Face folder, or a hub id")
+    p.add_argument("--model", help="model spec: 'tiny-random', 'smollm2-135m-instruct', a local "
+                   "Hugging Face folder, or a hub id; left out with an http --engine, whose "
+                   "model names the served one")
     p.add_argument("--benchmarks", required=True, nargs="+", metavar="B",
                    help="what to evaluate on (see below)")
     p.add_argument("--n", type=int, default=defaults["n_samples"].default, dest="n_samples",
@@ -74,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system-prompt", default=TrainConfig.model_fields["system_prompt"].default,
                    help="system turn (default: %(default)r, what students are trained with)")
     p.add_argument("--engine", default="hf", metavar="ENGINE", help="hf (default) | vllm | a "
-                   "YAML mapping, e.g. '{kind: vllm, tensor_parallel_size: 2}'")
+                   "YAML mapping, e.g. '{kind: vllm, tensor_parallel_size: 2}', or a served model: "
+                   "'{kind: http, base_url: http://HOST:8000/v1, model: NAME}' (then no --model)")
     p.add_argument("--gpus-per-replica", type=float, help="GPUs per engine replica (default: 0 "
                    "for hf, tensor_parallel_size for vllm)")
     p.add_argument("--judge", metavar="MODEL", help="re-judge answers math-verify rejects "
@@ -148,6 +150,18 @@ def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
     return cfg
 
 
+def model_name(args: argparse.Namespace, cfg: EvaluateConfig) -> str:
+    """What is evaluated: --model, or the served model's name for an http engine."""
+    if cfg.engine.kind == "http":
+        if args.model is not None:
+            raise ValueError("--engine is http: the model is the engine's 'model' (the served "
+                             f"name, {cfg.engine.model!r}); leave --model out")
+        return cfg.engine.model
+    if args.model is None:
+        raise ValueError("--model is required (unless --engine is an http endpoint)")
+    return args.model
+
+
 def _validation_message(err: ValidationError) -> str:
     lines = [f"{err.error_count()} problem(s) with the arguments:"]
     for e in err.errors():
@@ -189,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure()
     try:
         cfg = config_from_args(args)
+        name = model_name(args, cfg)
     except ValidationError as e:
         print(f"error: {_validation_message(e)}", file=sys.stderr)
         return 2
@@ -200,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Everything that can be checked without Ray is checked now: the model, the judge, the data.
     try:
-        model_dir = models.resolve(args.model)
+        model_dir = None if cfg.engine.kind == "http" else models.resolve(name)
         judge_dir = models.resolve(cfg.judge.model) if cfg.judge and cfg.judge.model else None
         if args.exclude_problems is not None and not args.exclude_problems.is_file():
             raise ValueError(f"--exclude-problems {args.exclude_problems}: no such file")
@@ -212,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         bad = f", {len(b.bad_rows)} unusable record(s) set aside" if b.bad_rows else ""
         print(f"benchmark {b.name}: {len(b.rows)} problems from {b.source}{bad}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = (args.out or Path("runs") / "evals" / f"{Path(args.model).name}-{stamp}").resolve()
+    out = (args.out or Path("runs") / "evals" / f"{Path(name).name}-{stamp}").resolve()
     tracking_uri = args.tracking_uri or f"sqlite:///{Path('runs').resolve() / 'mlflow.db'}"
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -249,14 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     from mixray.tracking import log_evaluation
 
     report = json.loads((out / "metrics.json").read_text())
-    params = {"model": args.model, "model_path": str(model_dir),
+    params = {"model": name, "model_path": str(model_dir),
               "benchmarks": [b.model_dump() for b in cfg.benchmarks],
               "n_samples": cfg.n_samples, "temperature": cfg.temperature, "top_p": cfg.top_p,
               "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens, "prompt": cfg.prompt,
               "system_prompt": args.system_prompt, "verifier": report["verifier"],
               "engine": cfg.engine.model_dump(),
               "judge": cfg.judge.model_dump() if cfg.judge else "none", "out_dir": str(out)}
-    run_id = log_evaluation(tracking_uri, args.experiment, f"{Path(args.model).name}-eval",
+    run_id = log_evaluation(tracking_uri, args.experiment, f"{Path(name).name}-eval",
                             params, metrics, out)
     print()
     print(format_summary(report | {"n_samples": cfg.n_samples}))

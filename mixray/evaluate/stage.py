@@ -103,11 +103,13 @@ def evaluate_model(
 
 
 def run_evaluation(
-    model_dir: Path, benchmarks: Sequence[LoadedBenchmark], cfg: EvaluateConfig,
+    model_dir: Path | None, benchmarks: Sequence[LoadedBenchmark], cfg: EvaluateConfig,
     system_prompt: str | None, out_dir: Path, *, on_stale: OnStale = "regenerate",
     judge_model_dir: Path | None = None, **placement: Any,
 ) -> dict[str, float]:
-    """Generate, score and summarise already loaded benchmarks (Ray must be connected)."""
+    """Generate, score and summarise already loaded benchmarks (Ray must be connected).
+    ``model_dir`` is None when the model is served (``cfg.engine`` is http)."""
+    assert (model_dir is None) == (cfg.engine.kind == "http"), "a local model xor an http one"
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_benchmarks(benchmarks, out_dir)
     inputs = _generation_inputs(benchmarks, cfg)
@@ -122,12 +124,15 @@ def run_evaluation(
                               top_p=cfg.top_p, seed=cfg.seed, n=cfg.n_samples)
     # The user turn is already formatted per benchmark (GSM8K takes the raw question), so the
     # job's template only passes it through.
-    job = GenerationJob(label="eval", model_path=str(model_dir), prompt="{problem}",
+    job = GenerationJob(label="eval", model_path=None if model_dir is None else str(model_dir),
+                        prompt="{problem}",
                         system=system_prompt or None, sampling=sampling,
                         batch_size=cfg.batch_size, replicas=cfg.replicas, engine=cfg.engine,
                         gpus_per_replica=cfg.gpus, **placement)
     gen_dir = out_dir / "generations"
-    _prepare(gen_dir, {"model": str(model_dir), "weights": _fingerprint(Path(model_dir)),
+    # A served model has no weights to fingerprint: engine.model and base_url name it.
+    _prepare(gen_dir, {"model": str(model_dir),
+                       "weights": None if model_dir is None else _fingerprint(Path(model_dir)),
                        "engine": {"kind": cfg.engine.kind, **cfg.engine.content()},
                        "system": system_prompt or None, "sampling": sampling.model_dump(),
                        "inputs": spec_key({"rows": [[r["gen_pid"], r["prompt"], r["answer"]]

@@ -1,6 +1,7 @@
 """An http teacher against a real OpenAI-compatible server on 127.0.0.1, through the generation
 stage: the same schema and row counts as the hf engine, n samples per problem, and an engine
-error (the server answers 500 for one problem) that becomes counted error rows.
+error (the server answers 500 for one problem) that becomes counted error rows. The same server
+is then evaluated as a model (what `python -m mixray.evaluate` does with an http engine).
 
 The server is this file run as a script (``--serve``): the standard library's HTTP server over
 `HFEngine` with the tiny model, one request at a time. It fails on purpose for prompts holding
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLING = {"max_new_tokens": 8, "temperature": 0.7, "n": 2}
@@ -84,14 +86,18 @@ def _wait_for_port(proc: subprocess.Popen, timeout: float = 180.0) -> int:
     raise AssertionError(f"the test server did not listen within {timeout:.0f} s")
 
 
-def test_http_teacher_matches_hf_schema_and_counts_errors(ray_cluster, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def served(ray_cluster, tmp_path_factory):
+    """The test server on the tiny model, failing for two of ten problems; while it loads, the
+    hf teacher generates the same problems. Yields (base_url, problems, broken, flaky, hf run)."""
     from mixray import models
     from mixray.config import ProblemsConfig, TeacherConfig
     from mixray.generate.stage import generate_teacher
     from mixray.problems import build_problems
 
+    tmp = tmp_path_factory.mktemp("http")
     model = models.resolve("tiny-random")
-    problems, _ = build_problems(ProblemsConfig(train_size=10, eval_size=2), tmp_path)
+    problems, _ = build_problems(ProblemsConfig(train_size=10, eval_size=2), tmp)
     texts = pq.read_table(problems.path / "train.parquet").to_pylist()
     broken, flaky = texts[3], texts[6]
     hf = TeacherConfig(model="tiny-random", style="short", sampling=SAMPLING, batch_size=10)
@@ -101,17 +107,23 @@ def test_http_teacher_matches_hf_schema_and_counts_errors(ray_cluster, tmp_path:
          "--fail-once", hf.prompt.format(problem=flaky["problem"])],
         stdout=subprocess.PIPE, text=True)
     try:
-        # the hf teacher runs while the server loads its model
-        hf_stage, hf_stats = generate_teacher("hf", hf, model, problems, tmp_path)
-        port = _wait_for_port(server)
-        http = TeacherConfig(style="short", sampling=SAMPLING, batch_size=4, engine={
-            "kind": "http", "base_url": f"http://127.0.0.1:{port}/v1", "model": "tiny-random",
-            "max_retries": 2, "backoff_s": 0.05, "timeout_s": 30, "max_requests_per_s": 200})
-        http_stage, http_stats = generate_teacher("api", http, None, problems, tmp_path)
+        hf_run = generate_teacher("hf", hf, model, problems, tmp)
+        yield f"http://127.0.0.1:{_wait_for_port(server)}/v1", problems, broken, flaky, hf_run
     finally:
         server.terminate()
         server.wait(timeout=30)
     assert server.returncode is not None  # stopped
+
+
+def test_http_teacher_matches_hf_schema_and_counts_errors(served, tmp_path: Path) -> None:
+    from mixray.config import TeacherConfig
+    from mixray.generate.stage import generate_teacher
+
+    base_url, problems, broken, flaky, (hf_stage, hf_stats) = served
+    http = TeacherConfig(style="short", sampling=SAMPLING, batch_size=4, engine={
+        "kind": "http", "base_url": base_url, "model": "tiny-random",
+        "max_retries": 2, "backoff_s": 0.05, "timeout_s": 30, "max_requests_per_s": 200})
+    http_stage, http_stats = generate_teacher("api", http, None, problems, tmp_path)
 
     hf_table = pq.read_table(hf_stage.path / "data")
     http_table = pq.read_table(http_stage.path / "data")
@@ -131,6 +143,24 @@ def test_http_teacher_matches_hf_schema_and_counts_errors(ray_cluster, tmp_path:
     assert ok.num_rows == 18 and flaky["problem_id"] in ok["problem_id"].to_pylist()
     assert all(0 <= n <= SAMPLING["max_new_tokens"] for n in ok["n_tokens"].to_pylist())
     assert http_stats["tokens"] == sum(ok["n_tokens"].to_pylist()) > 0
+
+
+def test_a_served_model_is_evaluated_like_a_local_one(served, tmp_path: Path) -> None:
+    """python -m mixray.evaluate --engine '{kind: http, ...}': the evaluation stage with no model
+    folder, every held-out problem scored, no engine errors."""
+    from mixray.config import EvaluateConfig
+    from mixray.evaluate.stage import load_benchmarks, run_evaluation
+
+    base_url, problems, *_ = served
+    cfg = EvaluateConfig(engine={"kind": "http", "base_url": base_url, "model": "tiny-random"},
+                         max_new_tokens=8, n_samples=2, temperature=0.7)
+    benchmarks = load_benchmarks(cfg, problems.path / "eval.parquet", None)
+    metrics = run_evaluation(None, benchmarks, cfg, "You are a helpful assistant.",
+                             tmp_path / "eval", cpus_per_engine=0.5, torch_threads=1)
+    samples = pq.read_table(tmp_path / "eval" / "samples.parquet")
+    assert samples.num_rows == 2 * 2  # eval problems x samples
+    assert metrics["eval_n"] == 2 and metrics["eval_samples"] == 4
+    assert metrics["eval_error_rate"] == 0.0 and 0.0 <= metrics["eval_accuracy"] <= 1.0
 
 
 if __name__ == "__main__":

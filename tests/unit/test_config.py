@@ -45,6 +45,9 @@ def _smoke() -> dict:
         (lambda d: d.pop("students"), "students", "missing"),
         (lambda d: d["mix"].update(long_pool="huge") if "mix" in d else d.update(mix={"long_pool": "huge"}),
          "mix.long_pool", "not a teacher label"),
+        (lambda d: d["evaluate"].update(engine={"kind": "http", "base_url": "http://x:8000/v1",
+                                                "model": "m"}),
+         "evaluate", "a sweep evaluates the students it trains"),
     ],
 )
 def test_mistakes_name_file_key_and_expectation(tmp_path, edit, key, expected) -> None:
