@@ -3,6 +3,7 @@ machine), and one finished smoke sweep that several test files read (it takes mi
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,14 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def smoke_sweep(ray_cluster, tmp_path_factory) -> tuple[Any, dict, dict]:
-    """sweeps/smoke.yaml run twice into one fresh run root (the second time with one of its two
-    trials): (config, first summary, second summary).
+    """sweeps/smoke.yaml run twice into one fresh run root: (config, first summary, second
+    summary).
 
-    The second run must find every generation and curation stage cached (test_smoke_sweep.py);
-    the other tests read the first run's MLflow records and artifacts.
+    The second run, named smoke-failing, has one share and two students, the second of which
+    cannot load: it must find every generation and curation stage cached (test_smoke_sweep.py),
+    and fail that student's trial while finishing the other (test_sweep_failures.py). Folding
+    both into one run saves CI a trial's start-up (about 2 minutes on 2 cores). The other
+    tests read the first run's MLflow records and artifacts.
     """
     from mixray.config import load_sweep
     from mixray.sweep import run_sweep
@@ -39,7 +43,10 @@ def smoke_sweep(ray_cluster, tmp_path_factory) -> tuple[Any, dict, dict]:
     root = tmp_path_factory.mktemp("runs")
     cfg = load_sweep(REPO / "sweeps" / "smoke.yaml", [f"run_root={root}"])
     first = run_sweep(cfg)
-    # The second run only has to show that nothing upstream runs again: one trial is enough.
-    second = run_sweep(load_sweep(REPO / "sweeps" / "smoke.yaml",
-                                  [f"run_root={root}", "search.long_share=[0.5]"]))
+    broken = tmp_path_factory.mktemp("broken") / "broken-student"  # its weights are missing
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    second = run_sweep(load_sweep(REPO / "sweeps" / "smoke.yaml", [
+        f"run_root={root}", "name=smoke-failing", f"students=[tiny-random, {broken}]",
+        "search.long_share=[0.5]"]))
     return cfg, first, second
