@@ -39,6 +39,8 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from mixray.evaluate.scoring import mean_and_stderr
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
@@ -285,12 +287,10 @@ def load_sweep_record(experiment: str, tracking_uri: str = DEFAULT_TRACKING_URI,
 
 def _mean_and_stderr(members: Sequence[Trial]) -> tuple[float, float | None]:
     """One trial: its logged stderr. Repeats: the standard error of their mean."""
-    accs = [t.accuracy for t in members if t.accuracy is not None]
-    mean = math.fsum(accs) / len(accs)
-    if len(accs) == 1:
-        return mean, members[0].stderr
-    var = math.fsum((a - mean) ** 2 for a in accs) / (len(accs) - 1)
-    return mean, math.sqrt(var / len(accs))
+    scored = [t for t in members if t.accuracy is not None]
+    if len(scored) == 1:
+        return scored[0].accuracy, scored[0].stderr
+    return mean_and_stderr([t.accuracy for t in scored])
 
 
 def curve_points(trials: Iterable[Trial]) -> list[Point]:
