@@ -264,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     from mixray.tracking import log_evaluation
 
     report = json.loads((out / "metrics.json").read_text())
-    params = {"model": name, "model_path": str(model_dir),
+    params = {"model": name,
+              "model_path": str(model_dir) if model_dir else cfg.engine.base_url,
               "benchmarks": [b.model_dump() for b in cfg.benchmarks],
               "n_samples": cfg.n_samples, "temperature": cfg.temperature, "top_p": cfg.top_p,
               "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens, "prompt": cfg.prompt,

@@ -175,7 +175,8 @@ def run_evaluation(
         log.info("evaluate[%s]: accuracy %.3f ± %.3f on %d problems x %d samples", name,
                  m["accuracy"], m["accuracy_stderr"], m["n_problems"],
                  m["n_samples"] // m["n_problems"])
-    log.info("evaluate %s: P = %.3f ± %.3f over %d benchmark(s)", model_dir, average["accuracy"],
+    log.info("evaluate %s: P = %.3f ± %.3f over %d benchmark(s)",
+             model_dir or f"{cfg.engine.model} at {cfg.engine.base_url}", average["accuracy"],
              average["accuracy_stderr"], len(per_benchmark))
     return flat
 
