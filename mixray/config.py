@@ -540,6 +540,11 @@ class MixSpec(MixStrict):
         description="How the mix changes over training: constant, phases, ramp or length_order.",
     )
     seed: int = Field(0, description="Seeds every draw; the manifest is a function of pools+spec.")
+    validation_problems: int = Field(
+        0, ge=0, description="Problems held out of the mix with every pool's responses to them "
+        "(the same for every trial over these pools): the loop's val_loss, which compares trials "
+        "and which ASHA can judge them by. 0: no validation set.",
+    )
 
     @field_validator("pools")
     @classmethod
@@ -680,6 +685,11 @@ class TrainConfig(Strict):
         None, ge=1, description="DeepSpeed checkpoint every N steps (and always at the end)."
     )
     max_failures: int = Field(0, ge=0, description="Worker failures a run survives, resuming.")
+    eval_every: int | None = Field(
+        None, ge=1, description="Steps between validation losses (val_loss, val_loss/<pool>) on "
+        "mix.validation_problems; also computed at the last step and where ASHA judges a trial. "
+        "Omitted: only those two.",
+    )
     seed: int = 42
     lora: LoraConfig | None = Field(
         None, description="Train LoRA adapters (merged into the exported student); "
@@ -844,6 +854,13 @@ class SweepConfig(Strict):
             if pool not in self.mix.pools:
                 raise ValueError(f"{where} is {pool!r}, which is not in mix.pools "
                                  f"{sorted(self.mix.pools)}; give it a weight (0 is fine)")
+        asha = self.search.scheduler.metric if self.search.scheduler.kind == "asha" else ""
+        uses_val = [w for w, used in (
+            ("train.eval_every", self.train.eval_every is not None),
+            (f"search.scheduler.metric {asha!r}", asha.startswith("val_loss"))) if used]
+        if uses_val and self.mix.validation_problems == 0:
+            raise ValueError(f"{' and '.join(uses_val)}: val_loss needs a validation set; set "
+                             "mix.validation_problems (e.g. 16)")
         if self.evaluate.engine.kind == "http":
             raise ValueError("evaluate.engine is http, but a sweep evaluates the students it "
                              "trains (checkpoint folders): use hf or vllm; http serves teachers "

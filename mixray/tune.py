@@ -3,7 +3,9 @@
 Grid and random search run an explicit list of trials (`SweepConfig.trials()`), so names are
 stable and `--resume` reruns only the missing ones; Optuna (TPE) proposes points while the sweep
 runs, one study per student, and a resumed study is told the finished trials first. ASHA stops
-trials early on a metric Ray Train forwards to Tune at every step (`TuneReportCallback`).
+trials early on a metric Ray Train forwards to Tune while training (`TuneReportCallback`), at
+least at the steps of its rungs: train_loss, or val_loss on the problems the mix holds out
+(mix.validation_problems), which unlike the training loss compares trials with different mixes.
 
 The trial itself reserves almost nothing (0.01 CPU); its TorchTrainer asks for its own workers,
 which Tune does not count (Ray Train V2), so concurrency is derived from the declared resources
@@ -33,6 +35,7 @@ from mixray import logs, tracking
 from mixray.config import TRIAL_CPU, SweepConfig
 from mixray.evaluate import evaluate_model
 from mixray.mix.manifest import Manifest, build_manifest
+from mixray.mix.validation import split_validation
 from mixray.search import Domain, trial_name
 from mixray.sweep import cluster_capacity
 from mixray.train.launch import train_from_config
@@ -70,6 +73,8 @@ def run_trial(trial: dict[str, Any], ctx: SweepContext) -> dict[str, float]:
         model_dir, history = train_from_config(
             cfg.train, model_path=ctx.student_paths[trial["student"]],
             manifest_path=str(out / "manifest.parquet"), torch_threads=cfg.resources.torch_threads,
+            validation_path=str(out / "validation.parquet") if cfg.mix.validation_problems
+            else None,
             cpus_per_worker=cfg.resources.cpus_per_train_worker,
             gpus_per_worker=cfg.resources.gpus_per_train_worker, storage=cfg.run_root_path / "train",
             name=f"{ctx.invocation}-{trial['name']}", callbacks=[TuneReportCallback()],
@@ -81,6 +86,7 @@ def run_trial(trial: dict[str, Any], ctx: SweepContext) -> dict[str, float]:
             cpus_per_engine=cfg.resources.cpus_per_engine, torch_threads=cfg.resources.torch_threads,
         )
         t3 = time.perf_counter()
+        metrics |= {k: v for k, v in history[-1].items() if k.startswith("val_loss")}
         metrics |= {"train_loss": history[-1]["train_loss"], "train_steps": len(history),
                     "mix_rows": manifest.card["rows"], "time_mix_s": t1 - t0,
                     "time_train_s": t2 - t1, "time_eval_s": t3 - t2}
@@ -93,8 +99,16 @@ def run_trial(trial: dict[str, Any], ctx: SweepContext) -> dict[str, float]:
 
 
 def _write_manifest(cfg: SweepConfig, pools: dict[str, str], out: Path) -> Manifest:
+    """manifest.parquet and data_card.json under out; validation.parquet too when the mix holds
+    problems out (they never enter the manifest)."""
     tables = {label: pq.read_table(pools[label]) for label in cfg.mix.pools}
+    if cfg.mix.validation_problems:
+        tables, validation = split_validation(tables, cfg.mix.validation_problems, cfg.mix.seed)
+        pq.write_table(validation, out / "validation.parquet")
     manifest = build_manifest(tables, cfg.mix)
+    if cfg.mix.validation_problems:
+        manifest.card["validation"] = {"problems": cfg.mix.validation_problems,
+                                       "rows": validation.num_rows}
     pq.write_table(manifest.table, out / "manifest.parquet")
     (out / "data_card.json").write_text(json.dumps(manifest.card, indent=2))
     return manifest

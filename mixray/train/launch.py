@@ -87,11 +87,14 @@ def train_loop_per_worker(config: dict) -> None:
 def train_from_config(t: TrainConfig, *, model_path: str, manifest_path: str, torch_threads: int,
                       cpus_per_worker: float, storage: Path, name: str, gpus_per_worker: float = 0.0,
                       callbacks: list | None = None, report_steps: list[int] | None = None,
+                      validation_path: str | None = None,
                       **test_hooks) -> tuple[Path, list[dict]]:
     """What a trial calls: the train section -> (HF folder of the student, per-step history).
-    report_steps: steps whose metrics always reach Ray (a Tune scheduler's rungs)."""
+    report_steps: steps whose metrics always reach Ray (a Tune scheduler's rungs), with the
+    validation loss when there is a validation set."""
     args = LoopArgs.from_config(t, model_path=model_path, manifest_path=manifest_path,
-                                torch_threads=torch_threads, **test_hooks)
+                                torch_threads=torch_threads, validation_path=validation_path,
+                                eval_steps=tuple(report_steps or ()), **test_hooks)
     return train_student(args, num_workers=t.num_workers, cpus_per_worker=cpus_per_worker,
                          gpus_per_worker=gpus_per_worker, storage=storage, name=name,
                          callbacks=callbacks,

@@ -6,7 +6,8 @@ checkpoints go and where a restart resumes from, is the `Reporter` the launcher 
 A step is `accumulation` micro-batches per rank; which manifest units each one holds is a
 function of the step (`batch_indices`), so a run resumed from a DeepSpeed checkpoint sees exactly
 the data an uninterrupted run would. Metrics (loss overall and per pool, lr, tokens/s) are reduced
-over ranks. Checkpoints: every rank saves its shard into its own folder and reports it; the
+over ranks. With a validation set (mix.validation_problems), val_loss every eval_every steps, at
+the rungs a Tune scheduler judges (eval_steps) and at the end. Checkpoints: every rank saves its shard into its own folder and reports it; the
 reporter merges the ranks' files. The last one also holds the student as a plain HF folder, the
 per-step history and the parameter counts.
 """
@@ -39,6 +40,7 @@ from mixray.train.data import (
 from mixray.train.engine import build_engine, export_hf, total_steps
 from mixray.train.loss import forward_inputs, pool_sums, token_losses
 from mixray.train.reporting import Reporter
+from mixray.train.validation import Validation
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,9 @@ class LoopArgs:
     seed: int
     torch_threads: int
     lora: LoraConfig | None = None  # None: full fine-tuning
+    validation_path: str | None = None  # held-out rows (mix/validation.py); None: no val_loss
+    eval_every: int | None = None
+    eval_steps: tuple[int, ...] = ()  # where val_loss must also be (a scheduler's rungs)
     # Test-only hook: on its first attempt (the marker file does not exist yet), the last rank
     # creates the marker and dies with os._exit(1) before this step, to exercise resumption.
     test_crash_step: int | None = None
@@ -80,11 +85,11 @@ class LoopArgs:
 
     @classmethod
     def from_config(cls, t: TrainConfig, *, model_path: str, manifest_path: str,
-                    torch_threads: int, **test_hooks) -> LoopArgs:
-        """The loop's arguments from the sweep's train section (test_hooks: test_*)."""
+                    torch_threads: int, **extra) -> LoopArgs:
+        """The loop's arguments from the sweep's train section (extra: validation and test_*)."""
         same = {name: getattr(t, name) for name in cls.__dataclass_fields__ if hasattr(t, name)}
         return cls(**same, model_path=model_path, manifest_path=manifest_path,
-                   torch_threads=torch_threads, **test_hooks)
+                   torch_threads=torch_threads, **extra)
 
 
 def train(a: LoopArgs, reporter: Reporter) -> None:
@@ -98,6 +103,10 @@ def train(a: LoopArgs, reporter: Reporter) -> None:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     examples, units, pools, stats = _load_data(a, tokenizer)
     total = total_steps(a, len(units), world)
+    validation = None if a.validation_path is None else Validation.load(
+        a.validation_path, tokenizer, system=a.system_prompt, max_length=a.max_length,
+        overlong=a.overlong, max_dropped_fraction=a.max_dropped_fraction,
+        micro_batch_size=a.micro_batch_size, pad_id=pad_id)
     engine, params = build_engine(a, world, total)
     step, history = _resume(engine, reporter, a)
     first, t0 = step, time.perf_counter()  # first > 0 after a restart from a checkpoint
@@ -123,6 +132,9 @@ def train(a: LoopArgs, reporter: Reporter) -> None:
         history.append(_metrics(step, sums, batches, lr, started, pools, len(units), a, world)
                        | {"resumed_at": first, "wall_s": time.perf_counter() - t0})
         final = step == total
+        if validation is not None and (final or step in a.eval_steps
+                                       or (a.eval_every and step % a.eval_every == 0)):
+            history[-1] |= validation.losses(engine)
         if final or (a.checkpoint_every and step % a.checkpoint_every == 0):
             _checkpoint(engine, tokenizer, a, reporter, history, final=final,
                         extra={"data_stats": stats.as_dict(), "params": params})

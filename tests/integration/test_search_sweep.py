@@ -1,8 +1,10 @@
 """Search beyond the long-share grid, on the smoke sweep: any key as an axis, and ASHA stopping a
-trial early on the training loss that Ray Train forwards to Tune at every step."""
+trial early on the validation loss (problems held out of every mix) that Ray Train forwards to
+Tune at the steps of ASHA's rungs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -20,8 +22,9 @@ def test_asha_stops_the_trial_that_does_not_learn(smoke_sweep) -> None:
         # Trial order is the grid's: the learning student first, so its losses set the rungs the
         # second (lr 1e-7: its loss stays where it started) is measured against.
         "search.space={train.lr: {grid: [3.0e-3, 1.0e-7]}}", "search.max_concurrent_trials=1",
-        "search.scheduler={kind: asha, metric: train_loss, mode: min, grace_period: 1}",
-        "train.max_steps=4",
+        # val_loss: on 4 problems held out of both trials' mixes (mix/validation.py)
+        "search.scheduler={kind: asha, metric: val_loss, mode: min, grace_period: 1}",
+        "mix.validation_problems=4", "train.max_steps=6",
     ])
     summary = run_sweep(cfg)
 
@@ -45,4 +48,10 @@ def test_asha_stops_the_trial_that_does_not_learn(smoke_sweep) -> None:
     steps = sorted(m.step for m in client.get_metric_history(stopped.info.run_id, "train_loss"))
     stop_step = int(stopped.data.tags["mixray.stopped_early"].rsplit(" ", 1)[-1])
     assert steps and steps[-1] == stop_step < cfg.train.max_steps
+    # val_loss was computed at every rung up to the stop (1, 2, 4, ...)
+    val_steps = [m.step for m in client.get_metric_history(stopped.info.run_id, "val_loss")]
+    assert sorted(val_steps) == [s for s in (1, 2, 4) if s <= stop_step]
+    assert {"val_loss", "val_loss/long", "val_loss/short"} <= set(good.data.metrics)
+    card = next((cfg.run_root_path / "trials").glob(f"*/{rows[3e-3]['trial']}/data_card.json"))
+    assert json.loads(card.read_text())["validation"] == {"problems": 4, "rows": 8}  # x 2 pools
     assert "stopped early" in format_summary(cfg, summary | {"summary_path": "-"})

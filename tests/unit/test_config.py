@@ -48,6 +48,10 @@ def _smoke() -> dict:
         (lambda d: d["evaluate"].update(engine={"kind": "http", "base_url": "http://x:8000/v1",
                                                 "model": "m"}),
          "evaluate", "a sweep evaluates the students it trains"),
+        (lambda d: d["train"].update(eval_every=2), "train.eval_every",
+         "set mix.validation_problems"),
+        (lambda d: d["search"].update(scheduler={"kind": "asha", "metric": "val_loss/long"}),
+         "search.scheduler.metric", "set mix.validation_problems"),
     ],
 )
 def test_mistakes_name_file_key_and_expectation(tmp_path, edit, key, expected) -> None:

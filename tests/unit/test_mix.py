@@ -155,3 +155,24 @@ def test_rows_from_is_the_training_loops_cycled_window() -> None:
 def test_build_errors_name_the_field(pools, mix, match) -> None:
     with pytest.raises(ValueError, match=match):
         build_manifest(pools, mix)
+
+
+def test_validation_problems_are_held_out_of_every_mix_and_shared_by_all() -> None:
+    from mixray.mix.validation import split_validation
+
+    pools = {"long": pool("long", 30, 300), "short": pool("short", 40, 100)}  # p0..p29 shared
+    train, val = split_validation(pools, 5, seed=3)
+    held = set(val["problem_id"].to_pylist())
+    assert len(held) == 5 and held <= {f"p{i}" for i in range(30)}
+    assert sorted(val["pool"].to_pylist()) == ["long"] * 5 + ["short"] * 5  # every pool's response
+    for name, table in train.items():
+        assert not held & set(table["problem_id"].to_pylist())
+        assert table.num_rows == pools[name].num_rows - 5
+    # The weights and schedule play no part: every trial over these pools holds out the same.
+    for share in (0.0, 0.5, 1.0):
+        m = build_manifest(train, spec(pools={"long": share, "short": 1 - share}))
+        assert not held & set(m.table["problem_id"].to_pylist())
+    assert split_validation(pools, 5, seed=3)[1].equals(val)
+    assert set(split_validation(pools, 5, seed=4)[1]["problem_id"].to_pylist()) != held
+    with pytest.raises(ValueError, match="only 30 problems have a response in every pool"):
+        split_validation(pools, 31, seed=3)

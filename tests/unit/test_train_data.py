@@ -136,3 +136,46 @@ def test_prompt_filling_max_length_leaves_an_empty_mask_and_is_dropped(tokenizer
     kept, where, stats = build_examples(tokenizer, rows, system="", max_length=32,
                                         overlong="truncate", max_dropped_fraction=0.1)
     assert stats.dropped_empty == 1 and where[0] == 1 and len(kept) == 19
+
+
+def test_validation_loss_is_the_mean_of_per_pool_token_losses(tmp_path) -> None:
+    """val_loss/<pool> is that pool's mean token loss (each row computed alone here, batched with
+    padding there); val_loss weighs the pools alike, however many rows each has."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mixray.models import resolve
+    from mixray.train.data import build_examples, collate
+    from mixray.train.loss import token_losses
+    from mixray.train.validation import Validation
+
+    model_dir = resolve("tiny-random")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    rows = [{"pool": "long", "prompt": f"What is {i} + 1?",
+             "completion": f"{i} plus 1 is {i + 1}. " * 3} for i in range(3)]
+    rows += [{"pool": "short", "prompt": f"What is {i} * 2?", "completion": str(2 * i)}
+             for i in range(5)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "validation.parquet")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    val = Validation.load(str(tmp_path / "validation.parquet"), tok, system="S", max_length=128,
+                          overlong="truncate", max_dropped_fraction=0.0, micro_batch_size=3,
+                          pad_id=pad)
+    got = val.losses(model)
+
+    examples, _, _ = build_examples(tok, rows, system="S", max_length=128, overlong="truncate",
+                                    max_dropped_fraction=0.0, pools=["long", "short"])
+    per_pool = {"long": [0.0, 0], "short": [0.0, 0]}
+    with torch.no_grad():
+        for row, ex in zip(rows, examples, strict=True):
+            batch = collate([ex], pad)
+            losses, mask = token_losses(model(input_ids=batch["input_ids"]).logits, batch["labels"])
+            per_pool[row["pool"]][0] += float(losses.sum())
+            per_pool[row["pool"]][1] += int(mask.sum())
+    want = {p: s / n for p, (s, n) in per_pool.items()}
+    assert got["val_loss/long"] == pytest.approx(want["long"], rel=1e-4)
+    assert got["val_loss/short"] == pytest.approx(want["short"], rel=1e-4)
+    assert got["val_loss"] == pytest.approx((want["long"] + want["short"]) / 2, rel=1e-4)
+    assert model.training  # Validation.losses puts the model back in training mode
