@@ -8,6 +8,13 @@ compiling on every start. Its CPU attention backend needs a head size of 32 or m
 
 Scripts that create an engine must guard their entry point with ``if __name__ == "__main__":``:
 vLLM starts its engine core in a child process.
+
+Why not ``ray.data.llm``'s vLLMEngineProcessorConfig: by default it reserves a {"GPU": 1, "CPU": 1}
+bundle per engine worker and waits forever on a CPU-only cluster (STACK.md). Ray 2.60 takes a
+``placement_group_config`` (e.g. ``{"bundles": [{"CPU": 1}]}``) that might avoid that; it was
+not tried. Either way it is a separate pipeline with its own rows and failures, while this engine
+sits behind `Engine` in the stage's actor pool and keeps its row-level resume and error rows
+(the same reason as for http, generate/http.py).
 """
 
 from __future__ import annotations
