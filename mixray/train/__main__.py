@@ -70,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--manifest", required=True, type=Path, help="a mix manifest (Parquet)")
     parser.add_argument("--config", required=True, type=Path, help="train keys (YAML/JSON)")
     parser.add_argument("--out", required=True, type=Path, help="checkpoints and the student")
+    parser.add_argument("--validation", type=Path, help="held-out rows (a trial's "
+                        "validation.parquet): val_loss every eval_every steps and at the end")
     parser.add_argument("--torch-threads", type=int, default=1, help="intra-op threads per rank")
     parser.add_argument("--test-crash-step", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--test-crash-marker", help=argparse.SUPPRESS)
@@ -85,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         t = read_train_config(args.config, world)
         check_restartable(os.environ)
+        if t.eval_every is not None and args.validation is None:
+            raise ValueError("train.eval_every is set, but there is no --validation file")
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     # DeepSpeed builds its shared-memory op on first use (about 50 s): keep it where Ray
@@ -107,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
                  "test_crash_marker": args.test_crash_marker}
         loop_args = LoopArgs.from_config(
             t, model_path=str(models.resolve(args.model)), manifest_path=str(args.manifest),
-            torch_threads=args.torch_threads, **hooks)
+            torch_threads=args.torch_threads,
+            validation_path=None if args.validation is None else str(args.validation), **hooks)
         reporter = FolderReporter(args.out)
         train(loop_args, reporter)
         if dist.get_rank() == 0:

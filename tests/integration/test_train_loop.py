@@ -2,7 +2,8 @@
 reloadable HF student; a worker killed mid-run resumes from the last checkpoint and continues
 exactly as the uninterrupted run (same steps, same data order, same losses). Under torchrun (no
 Ray): the same loop gives the same per-step losses, also across a killed rank and torchrun's
-restart; with LoRA only the adapters train and the student is exported with them merged."""
+restart; with LoRA only the adapters train and the student is exported with them merged, and val_loss on
+held-out rows comes every eval_every steps."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def _fit(tmp: Path, storage: Path, test_hooks: dict | None = None, **overrides):
         **(test_hooks or {}))
 
 
-def _torchrun(tmp: Path, train: dict, *, restarts: int = 0, hooks: dict | None = None) -> Path:
+def _torchrun(tmp: Path, train: dict, *, restarts: int = 0, hooks: dict | None = None,
+              validation: Path | None = None) -> Path:
     """`torchrun --standalone --nproc-per-node 2 -m mixray.train`; returns its --out folder."""
     (tmp / "train.yaml").write_text(yaml.safe_dump(train))
     out = tmp / "out"
@@ -58,6 +60,8 @@ def _torchrun(tmp: Path, train: dict, *, restarts: int = 0, hooks: dict | None =
            "--max-restarts", str(restarts), "-m", "mixray.train", "--model", "tiny-random",
            "--manifest", _manifest(tmp / "manifest.parquet"), "--config", str(tmp / "train.yaml"),
            "--out", str(out)]
+    if validation is not None:
+        cmd += ["--validation", str(validation)]
     for key, value in (hooks or {}).items():  # the loop's test_* hooks
         cmd += [f"--{key.replace('_', '-')}", str(value)]
     # a restart needs a rendezvous store of its own (mixray.train.__main__.check_restartable)
@@ -142,11 +146,20 @@ def test_torchrun_runs_the_same_loop_and_resumes_after_a_crash(zero2, tmp_path) 
 def test_lora_trains_only_adapters_and_exports_them_merged(tmp_path) -> None:
     rank, targets = 4, ["q_proj", "v_proj"]
     lora = {"rank": rank, "alpha": 8, "dropout": 0.0, "target_modules": targets}
+    validation = tmp_path / "validation.parquet"  # held-out rows, as a trial writes them
+    pq.write_table(pa.Table.from_pylist(
+        [{"pool": pool, "problem_id": f"v{i}", "prompt": f"What is {i} + 1?",
+          "completion": f"{i} + 1 = {i + 1}. \\boxed{{{i + 1}}}", "n_tokens": 9}
+         for i in range(3) for pool in ("long", "short")]), validation)
     out = _torchrun(tmp_path, TRAIN | {"zero_stage": 2, "max_steps": 3, "checkpoint_every": None,
-                                       "lora": lora})
+                                       "lora": lora, "eval_every": 2}, validation=validation)
     history = json.loads((out / "history.json").read_text())
     assert [h["step"] for h in history] == [1, 2, 3]
     assert all(math.isfinite(h["train_loss"]) for h in history)
+    # val_loss every 2 steps and at the end, per pool and their mean
+    assert ["val_loss" in h for h in history] == [False, True, True]
+    for h in history[1:]:
+        assert h["val_loss"] == pytest.approx((h["val_loss/long"] + h["val_loss/short"]) / 2)
 
     base = load_file(resolve("tiny-random") / "model.safetensors")
     targeted = {k for k in base if k.split(".")[-2] in targets}
