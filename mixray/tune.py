@@ -195,7 +195,7 @@ def run_tune(ctx: SweepContext, todo: list[dict[str, Any]],
         log.info("tune: %d trials, %d at a time", len(todo), min(concurrency, len(todo)))
         trainable = tune.with_parameters(_grid_trainable, ctx=ctx)
         grid = _fit(ctx, trainable, {"trial": tune.grid_search(todo)}, 1, concurrency, base)
-        return [_outcome(r, r.config["trial"]) for r in grid]
+        return [_outcome(r, r.config["trial"], cfg) for r in grid]
     # Optuna's metric arrives only with a trial's last report (after evaluation); the
     # intermediate Train reports carry the scheduler's metric, so Tune's strict check must go.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -212,8 +212,8 @@ def run_tune(ctx: SweepContext, todo: list[dict[str, Any]],
         space = {f"p{i}": _tune_domain(d) for i, d in enumerate(cfg.search.space.values())}
         grid = _fit(ctx, trainable, space, remaining, concurrency,
                     f"{base}-{Path(student).name}", search)
-        outcomes += [_outcome(r, optuna_trial(cfg, student, r.config, r.metrics["trial_id"]))
-                     for r in grid]
+        outcomes += [_outcome(r, optuna_trial(cfg, student, r.config, r.metrics["trial_id"]),
+                              cfg) for r in grid]
     return outcomes
 
 
@@ -238,9 +238,12 @@ def _optuna_search(cfg: SweepConfig, finished: list[dict[str, Any]]) -> OptunaSe
                         evaluated_rewards=[d[s.metric] for d in told] or None)
 
 
-def _outcome(result: tune.Result, trial: dict[str, Any]) -> dict[str, Any]:
+def _outcome(result: tune.Result, trial: dict[str, Any], cfg: SweepConfig) -> dict[str, Any]:
     metrics = dict(result.metrics or {})
-    stopped = result.error is None and not metrics.get(COMPLETE, False)
+    # Only ASHA stops a trial early. A trial Ctrl-C cut short also lacks COMPLETE, even one whose
+    # last report was still on its way after it had finished in MLflow.
+    stopped = (cfg.search.scheduler.kind == "asha" and result.error is None
+               and not metrics.get(COMPLETE, False))
     return trial | {"metrics": metrics, "error": str(result.error) if result.error else None,
                     "stopped_early": stopped, "history": _train_history(result)}
 
