@@ -182,11 +182,12 @@ def find_child(cfg: SweepConfig, parent_id: str, name: str) -> str | None:
 
 
 def stop_child(cfg: SweepConfig, run_id: str, history: list[dict], reason: str) -> None:
-    """A trial the scheduler stopped early: its per-step metrics so far, KILLED, and why. A run
-    that already ended (it finished while the stop was on its way) is left as it is."""
+    """A trial the scheduler stopped early: its per-step metrics so far, KILLED, and why. The
+    stop interrupts the trial, which marks its run FAILED first: that is overwritten. A FINISHED
+    run (it finished while the stop was on its way) is left as it is."""
     c = client(cfg)
-    if c.get_run(run_id).info.status != "RUNNING":
-        log.warning("trial run %s already ended; not marking it stopped early", run_id)
+    if c.get_run(run_id).info.status == "FINISHED":
+        log.warning("trial run %s already finished; not marking it stopped early", run_id)
         return
     steps = [Metric(k, float(v), 0, int(h["step"])) for h in history for k, v in h.items()
              if k != "step"]
