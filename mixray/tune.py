@@ -102,11 +102,12 @@ def _write_manifest(cfg: SweepConfig, pools: dict[str, str], out: Path) -> Manif
     """manifest.parquet and data_card.json under out; validation.parquet too when the mix holds
     problems out (they never enter the manifest)."""
     tables = {label: pq.read_table(pools[label]) for label in cfg.mix.pools}
+    validation = None
     if cfg.mix.validation_problems:
         tables, validation = split_validation(tables, cfg.mix.validation_problems, cfg.mix.seed)
         pq.write_table(validation, out / "validation.parquet")
     manifest = build_manifest(tables, cfg.mix)
-    if cfg.mix.validation_problems:
+    if validation is not None:
         manifest.card["validation"] = {"problems": cfg.mix.validation_problems,
                                        "rows": validation.num_rows}
     pq.write_table(manifest.table, out / "manifest.parquet")

@@ -12,9 +12,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mixray.mix.manifest import COLUMNS
 from mixray.mix.sampler import rng_for
-
-COLUMNS = ("problem_id", "prompt", "completion", "n_tokens")
 
 
 def split_validation(pools: dict[str, pa.Table], n_problems: int,

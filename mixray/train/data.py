@@ -188,6 +188,10 @@ def collate_units(examples: list[Example], units: list[list[int]], pad_id: int,
     return collate_packed([[examples[i] for i in u] for u in units], pad_id)
 
 
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def real_tokens(batch: dict[str, torch.Tensor]) -> int:
     """Cells of a batch that hold a sample token, not padding."""
     return int((batch["pool_ids"] >= 0).sum())

@@ -81,7 +81,8 @@ class RayReporter:
 
 def train_loop_per_worker(config: dict) -> None:
     """What each TorchTrainer worker runs: the loop, reporting to Ray Train."""
-    train(LoopArgs(**config["loop"]), RayReporter(always=frozenset(config["report_steps"])))
+    args = LoopArgs(**config)
+    train(args, RayReporter(always=frozenset(args.eval_steps)))
 
 
 def train_from_config(t: TrainConfig, *, model_path: str, manifest_path: str, torch_threads: int,
@@ -97,8 +98,7 @@ def train_from_config(t: TrainConfig, *, model_path: str, manifest_path: str, to
                                 eval_steps=tuple(report_steps or ()), **test_hooks)
     return train_student(args, num_workers=t.num_workers, cpus_per_worker=cpus_per_worker,
                          gpus_per_worker=gpus_per_worker, storage=storage, name=name,
-                         callbacks=callbacks,
-                         max_failures=t.max_failures, report_steps=report_steps)
+                         callbacks=callbacks, max_failures=t.max_failures)
 
 
 def train_student(
@@ -110,7 +110,6 @@ def train_student(
     name: str,
     callbacks: list | None = None,
     max_failures: int = 0,
-    report_steps: list[int] | None = None,
     gpus_per_worker: float = 0.0,
 ) -> tuple[Path, list[dict]]:
     """Fit; return (HF folder of the trained student, per-step history).
@@ -119,7 +118,7 @@ def train_student(
     """
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"loop": asdict(args), "report_steps": report_steps or []},
+        train_loop_config=asdict(args),
         # NCCL only takes CUDA tensors; the loop's step counts and report votes are CPU ones
         torch_config=TorchConfig(backend="cpu:gloo,cuda:nccl" if gpus_per_worker else "gloo"),
         scaling_config=ScalingConfig(

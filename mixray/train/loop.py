@@ -36,6 +36,7 @@ from mixray.train.data import (
     collate_units,
     make_units,
     real_tokens,
+    to_device,
 )
 from mixray.train.engine import build_engine, export_hf, total_steps
 from mixray.train.loss import forward_inputs, pool_sums, token_losses
@@ -77,7 +78,8 @@ class LoopArgs:
     lora: LoraConfig | None = None  # None: full fine-tuning
     validation_path: str | None = None  # held-out rows (mix/validation.py); None: no val_loss
     eval_every: int | None = None
-    eval_steps: tuple[int, ...] = ()  # where val_loss must also be (a scheduler's rungs)
+    # A scheduler's rungs: always reported to Ray (launch.RayReporter), with val_loss if any
+    eval_steps: tuple[int, ...] = ()
     # Test-only hook: on its first attempt (the marker file does not exist yet), the last rank
     # creates the marker and dies with os._exit(1) before this step, to exercise resumption.
     test_crash_step: int | None = None
@@ -115,9 +117,9 @@ def train(a: LoopArgs, reporter: Reporter) -> None:
     while step < total:
         _maybe_crash(a, rank, step)
         started, lr = time.perf_counter(), engine.get_lr()[0]
-        batches = [_to(engine.device, collate_units(examples, [units[i] for i in batch_indices(
+        batches = [to_device(collate_units(examples, [units[i] for i in batch_indices(
             step * a.accumulation + m, rank, world, a.micro_batch_size, len(units))], pad_id,
-            a.packing)) for m in range(a.accumulation)]
+            a.packing), engine.device) for m in range(a.accumulation)]
         # Weigh every loss token of the global batch alike: DeepSpeed divides by accumulation
         # and averages over ranks, so scale each micro-batch's loss sum by world * accum / tokens.
         n_tokens = _global_loss_tokens(batches)
@@ -140,10 +142,6 @@ def train(a: LoopArgs, reporter: Reporter) -> None:
                         extra={"data_stats": stats.as_dict(), "params": params})
         else:
             reporter.report(history[-1])
-
-
-def _to(device: torch.device, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items()}
 
 
 def _global_loss_tokens(batches: list[dict]) -> torch.Tensor:

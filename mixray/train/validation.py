@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pyarrow.parquet as pq
 import torch
 
-from mixray.train.data import Example, build_examples, collate
+from mixray.train.data import Example, build_examples, collate, to_device
 from mixray.train.loss import forward_inputs, pool_sums, token_losses
 
 
@@ -40,8 +40,8 @@ class Validation:
         engine.eval()
         sums = torch.zeros(len(self.pools), 2, dtype=torch.float64)
         for i in range(0, len(self.examples), self.micro_batch_size):
-            batch = {k: v.to(engine.device) for k, v in
-                     collate(self.examples[i:i + self.micro_batch_size], self.pad_id).items()}
+            batch = to_device(collate(self.examples[i:i + self.micro_batch_size], self.pad_id),
+                              engine.device)
             losses, mask = token_losses(engine(**forward_inputs(batch)).logits, batch["labels"])
             sums += pool_sums(losses, mask, batch["pool_ids"], len(self.pools)).cpu()
         engine.train()
