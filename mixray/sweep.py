@@ -27,12 +27,9 @@ DEFAULT_SWEEP = Path(__file__).resolve().parent.parent / "sweeps" / "laptop.yaml
 
 
 def worker_env() -> dict[str, str]:
-    """Environment every Ray worker gets: a persistent home for DeepSpeed's compiled C++ ops
-    (about 50 s to build the shared-memory op, paid once instead of on every run) and our cache."""
-    cache = models.cache_dir()
+    """Environment every Ray worker gets: the driver's model cache, and quiet tokenizers."""
     return {
-        "MIXRAY_CACHE": str(cache),
-        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(cache / "torch_extensions")),
+        "MIXRAY_CACHE": str(models.cache_dir()),
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     }

@@ -91,9 +91,6 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError("train.eval_every is set, but there is no --validation file")
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-    # DeepSpeed builds its shared-memory op on first use (about 50 s): keep it where Ray
-    # workers keep theirs (mixray.sweep.worker_env), so it is built once per machine.
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(models.cache_dir() / "torch_extensions"))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     import torch.distributed as dist

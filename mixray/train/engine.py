@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,30 +24,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# DeepSpeed builds its CPU comm op (deepspeed_shm_comm) once per machine under a file lock in
-# TORCH_EXTENSIONS_DIR. A build killed midway leaves the lock behind, and every later build waits
-# on it forever without a word. The build takes about 40 s on 2 cores: a 10-minute lock is stale.
-STALE_BUILD_LOCK_S = 600.0
+# DeepSpeed's CPU accelerator compiles a shared-memory all-reduce op (deepspeed_shm_comm) on first
+# use: 50-125 s on 2 cores, under a file lock that a killed build leaves behind (every later build
+# then waits on it forever), and each rank maps a 66 MB segment in /dev/shm and spins until every
+# peer's exists. The op serves only DeepSpeed-inference's tensor-parallel all-reduce; training's
+# gradients go through torch.distributed (gloo). Marking it incompatible skips all of that
+# (deepspeed.comm.torch.build_shm_op returns None); on GPUs DeepSpeed never builds it.
+SHM_COMM_OP = "deepspeed_shm_comm"
 
 
-def clear_stale_build_locks(root: Path | None = None,
-                            max_age_s: float = STALE_BUILD_LOCK_S) -> list[Path]:
-    """Remove the torch extension build locks older than max_age_s; return them."""
-    if root is None and "TORCH_EXTENSIONS_DIR" in os.environ:
-        root = Path(os.environ["TORCH_EXTENSIONS_DIR"])
-    if root is None or not root.is_dir():
-        return []
-    now, stale = time.time(), []
-    for lock in root.rglob("lock"):
-        try:
-            if now - lock.stat().st_mtime > max_age_s:
-                lock.unlink()
-                stale.append(lock)
-        except FileNotFoundError:  # another rank removed it first
-            continue
-    for lock in stale:
-        log.warning("removed a stale build lock (a killed build left it): %s", lock)
-    return stale
+def skip_shm_comm_op() -> None:
+    """Keep DeepSpeed from compiling and initialising its CPU shared-memory comm op."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__[SHM_COMM_OP] = False  # a module-level dict, read at init
 
 
 def deepspeed_config(a: LoopArgs, world: int) -> dict:
@@ -94,7 +82,7 @@ def with_lora(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
 
 def build_engine(a: LoopArgs, world: int, total: int) -> tuple[deepspeed.DeepSpeedEngine, dict]:
     """(engine, {"trainable": n, "total": n} parameter counts, taken before ZeRO-3 shards them)."""
-    clear_stale_build_locks()
+    skip_shm_comm_op()
     model = AutoModelForCausalLM.from_pretrained(a.model_path, dtype=torch.float32)
     if a.gradient_checkpointing:
         # non-reentrant: works with frozen embeddings (LoRA), whose outputs need no grad

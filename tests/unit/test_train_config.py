@@ -1,5 +1,5 @@
 """TrainConfig: global batch = micro x workers x accumulation, epochs or max_steps, the paper's
-recipe is expressible; the loop's learning-rate schedule; stale DeepSpeed build locks."""
+recipe is expressible; the loop's learning-rate schedule; no DeepSpeed op build."""
 
 from __future__ import annotations
 
@@ -94,20 +94,12 @@ def test_torchrun_restarts_need_their_own_store() -> None:
     check_restartable(shared | {"TORCHELASTIC_MAX_RESTARTS": "0"})  # no restart, no problem
 
 
-def test_only_stale_build_locks_are_cleared(tmp_path) -> None:
-    """A lock left by a killed DeepSpeed op build is removed; a build in progress keeps its own."""
-    import os
-    import time
+def test_deepspeed_builds_no_shared_memory_op() -> None:
+    """The engine keeps DeepSpeed from compiling its CPU shm op (minutes, and a lock a killed
+    build leaves behind): the comm backend then finds no op to build."""
+    from deepspeed.comm.torch import build_shm_op
 
-    from mixray.train.engine import STALE_BUILD_LOCK_S, clear_stale_build_locks
+    from mixray.train.engine import skip_shm_comm_op
 
-    old, fresh = tmp_path / "deepspeed_shm_comm" / "lock", tmp_path / "other_op" / "lock"
-    for lock in (old, fresh):
-        lock.parent.mkdir()
-        lock.touch()
-    an_hour_ago = time.time() - 3600
-    os.utime(old, (an_hour_ago, an_hour_ago))
-    assert clear_stale_build_locks(tmp_path) == [old]
-    assert not old.exists() and fresh.exists()
-    assert clear_stale_build_locks(tmp_path, max_age_s=STALE_BUILD_LOCK_S) == []
-    assert clear_stale_build_locks(tmp_path / "missing") == []
+    skip_shm_comm_op()
+    assert build_shm_op() is None
