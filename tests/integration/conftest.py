@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -24,7 +25,7 @@ HANG_S = float(os.environ.get("MIXRAY_TEST_HANG_S", 1500))
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     """A hang would otherwise eat CI's whole budget and leave no trace: past HANG_S (setup
-    included), print this process's stacks and every Ray worker's (`ray stack`), then exit."""
+    included), print the stacks of pytest and of every Ray worker (py-spy), then exit."""
     timer = threading.Timer(HANG_S, _report_hang, args=(item.config, item.nodeid))
     timer.daemon = True
     timer.start()
@@ -37,17 +38,39 @@ def pytest_runtest_protocol(item, nextitem):
 def _report_hang(config: pytest.Config, nodeid: str) -> None:
     config.pluginmanager.get_plugin("capturemanager").suspend_global_capture(in_=True)
     write = config.pluginmanager.get_plugin("terminalreporter").write_line
-    venv_bin = str(Path(sys.executable).parent)  # `ray stack` runs the venv's py-spy
-    ray_stacks = subprocess.run(["ray", "stack"], capture_output=True, text=True, timeout=300,
-                                env=os.environ | {"PATH": f"{venv_bin}:{os.environ['PATH']}"})
-    write(f"\n{'=' * 30} ray stack (every Ray worker on this machine) {'=' * 30}")
-    write(ray_stacks.stdout + ray_stacks.stderr)
-    write(f"{'=' * 30} this process's threads {'=' * 30}")
-    for thread_id, frame in sys._current_frames().items():
-        write(f"--- thread {thread_id}\n" + "".join(traceback.format_stack(frame)))
+    write(f"\n{'=' * 30} every Ray worker on this machine {'=' * 30}")
+    for pid, name in _ray_workers():
+        write(f"--- {pid} {name}\n{_py_spy_dump(pid)}")
+    write(f"{'=' * 30} this process (pytest) {'=' * 30}")
+    main = sys._current_frames()[threading.main_thread().ident]
+    write("".join(traceback.format_stack(main)[-12:]))  # the innermost: ours and Ray's, not pytest's
     write(f"HANG: {nodeid} ran past {HANG_S:.0f} s (setup included); stacks above. Stopping.")
     sys.stdout.flush()
     os._exit(3)
+
+
+def _ray_workers() -> list[tuple[int, str]]:
+    """(pid, name) of the Ray worker processes, leaving out the idle ones and Ray's agents."""
+    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    quiet = ("ray::IDLE", "ray::DashboardAgent", "ray::RuntimeEnvAgent")
+    return [(int(pid), args) for pid, _, args in (line.strip().partition(" ")
+                                                  for line in ps.splitlines())
+            if args.startswith("ray::") and not args.startswith(quiet)]
+
+
+def _py_spy_dump(pid: int) -> str:
+    """The process's main and training threads, innermost 16 frames each (the rest is Ray's)."""
+    # `ray stack` would run py-spy through sudo, which CI does not have; we own the workers
+    py_spy = Path(sys.executable).parent / "py-spy"
+    try:
+        out = subprocess.run([str(py_spy), "dump", "--pid", str(pid)], capture_output=True,
+                             text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "(py-spy timed out)"
+    blocks = re.split(r"\n(?=Thread )", out.stdout)
+    keep = [b.splitlines()[:17] for b in blocks[1:]
+            if '"MainThread"' in b.splitlines()[0] or '"TrainingThread' in b.splitlines()[0]]
+    return "\n".join(line for block in keep for line in block) or out.stdout + out.stderr
 
 
 @pytest.fixture(scope="session")
