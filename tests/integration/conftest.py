@@ -43,7 +43,7 @@ def _report_hang(config: pytest.Config, nodeid: str) -> None:
         write(f"--- {pid} {name}\n{_py_spy_dump(pid)}")
     write(f"{'=' * 30} this process (pytest) {'=' * 30}")
     main = sys._current_frames()[threading.main_thread().ident]
-    write("".join(traceback.format_stack(main)[-12:]))  # the innermost: ours and Ray's, not pytest's
+    write("".join(traceback.format_stack(main)[-12:]))  # ours and Ray's frames, not pytest's
     write(f"HANG: {nodeid} ran past {HANG_S:.0f} s (setup included); stacks above. Stopping.")
     sys.stdout.flush()
     os._exit(3)
