@@ -19,7 +19,7 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
-from mixray import logs, models
+from mixray import cluster, logs, models
 from mixray.config import SweepConfig, SweepFileError, load_sweep
 
 log = logging.getLogger("mixray")
@@ -75,26 +75,6 @@ def plan(cfg: SweepConfig) -> str:
     return "\n".join(lines)
 
 
-def cluster_capacity() -> dict[str, float]:
-    """The most the Ray cluster can offer: what it has now or, on a `ray up` cluster, what its
-    autoscaler may start (each node type's resources x max_workers, from the head's
-    ~/ray_bootstrap_config.yaml), whichever is larger."""
-    import ray
-    import yaml
-
-    now = dict(ray.cluster_resources())
-    path = Path.home() / "ray_bootstrap_config.yaml"
-    if not path.is_file():
-        return now
-    launcher = yaml.safe_load(path.read_text()) or {}
-    most: dict[str, float] = {}
-    for name, node in (launcher.get("available_node_types") or {}).items():
-        count = 1 if name == launcher.get("head_node_type") else node.get("max_workers", 0)
-        for key, amount in (node.get("resources") or {}).items():
-            most[key] = most.get(key, 0.0) + float(amount) * count
-    return {k: max(now.get(k, 0.0), most.get(k, 0.0)) for k in now.keys() | most.keys()}
-
-
 def check_resources(cfg: SweepConfig, capacity: dict[str, float]) -> None:
     """Fail before any work when one trial or one generation actor can never be placed."""
     needs = [("one trial (train.num_workers x resources.cpus_per_train_worker + a little)",
@@ -107,11 +87,7 @@ def check_resources(cfg: SweepConfig, capacity: dict[str, float]) -> None:
         needs.append((f"one replica of teacher {label!r} (teachers.{label}.gpus_per_replica)",
                       "GPU", teacher.gpus))
     for what, resource, need in needs:
-        have = capacity.get(resource, 0.0)
-        if need > have:
-            raise ValueError(f"{what} needs {need:g} {resource}s but the Ray cluster has "
-                             f"{have:g}" + (" (nor can its autoscaler add them)"
-                                            if resource == "GPU" else ""))
+        cluster.require(what, resource, need, capacity)
 
 
 def describe_search(cfg: SweepConfig) -> str:
@@ -278,7 +254,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
     assert ray.is_initialized(), "connect to Ray first (the CLI or a test fixture does)"
     # Resolve the run root here, once: trial processes run in other working directories.
     cfg = cfg.model_copy(update={"run_root": str(cfg.run_root_path)})
-    check_resources(cfg, cluster_capacity())
+    check_resources(cfg, cluster.capacity())
     inv = Invocation.latest_unfinished(cfg) if resume else Invocation.new(cfg)
     inv.save("running")
     timings: dict[str, float] = {}

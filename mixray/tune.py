@@ -31,13 +31,12 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from mixray import logs, tracking
+from mixray import cluster, logs, tracking
 from mixray.config import TRIAL_CPU, SweepConfig
 from mixray.evaluate import evaluate_model
 from mixray.mix.manifest import Manifest, build_manifest
 from mixray.mix.validation import split_validation
 from mixray.search import Domain, trial_name
-from mixray.sweep import cluster_capacity
 from mixray.train.launch import train_from_config
 
 log = logging.getLogger(__name__)
@@ -189,7 +188,7 @@ def run_tune(ctx: SweepContext, todo: list[dict[str, Any]],
     """Run the trials still to do; return one outcome per trial that ran now:
     {name, student, params, metrics (last reported), error, stopped_early, history}."""
     cfg = ctx.cfg
-    capacity = cluster_capacity()
+    capacity = cluster.capacity()
     concurrency = cfg.max_concurrent_trials(capacity.get("CPU", 0.0), capacity.get("GPU", 0.0))
     base = f"{cfg.name}-{ctx.invocation}"
     if cfg.search.algorithm != "optuna":

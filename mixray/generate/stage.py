@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
+from mixray import cluster
 from mixray.artifacts import StageDir
 from mixray.config import EngineConfig, HFEngineConfig, SamplingConfig, TeacherConfig
 from mixray.generate.engine import Completion, Engine, Messages, row_seed
@@ -184,7 +185,8 @@ def pending_rows(rows: pa.Table, done: set[tuple[str, int]]) -> pa.Table:
 
 
 def preflight(job: GenerationJob) -> None:
-    """Refuse, before any actor starts, what cannot work here; warn about GPUs not yet there."""
+    """Refuse, before any actor starts, what cannot work here (vllm missing, replicas asking for
+    GPUs the cluster can never have); warn about GPUs its autoscaler has yet to add."""
     if job.engine.kind == "vllm":
         import importlib.util
 
@@ -196,10 +198,12 @@ def preflight(job: GenerationJob) -> None:
         if importlib.util.find_spec("vllm") is None:
             raise ValueError(f"teacher {job.label!r}: {INSTALL_HINT}")
     if job.gpus_per_replica > 0:
+        cluster.require(f"each replica of {job.label!r} (gpus_per_replica; 0 runs it on CPUs)",
+                        "GPU", job.gpus_per_replica, cluster.capacity())
         gpus = ray.cluster_resources().get("GPU", 0.0)
         if gpus < job.gpus_per_replica:
             log.warning("generate[%s]: each replica asks for %g GPU(s) and the cluster has %g "
-                        "now; the actors wait for the autoscaler (or forever without one)",
+                        "now; the actors wait for the autoscaler",
                         job.label, job.gpus_per_replica, gpus)
 
 

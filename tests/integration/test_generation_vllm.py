@@ -38,3 +38,14 @@ def test_a_vllm_teacher_generates_through_the_stage_like_an_hf_one(ray_cluster, 
                       strict=True)) == sorted(zip(hf_table["problem_id"].to_pylist(),
                                                   hf_table["sample_idx"].to_pylist(), strict=True))
     assert all(0 <= n <= 8 for n in vllm_table["n_tokens"].to_pylist())
+
+
+def test_a_replica_asking_for_a_gpu_on_a_cpu_cluster_is_refused(ray_cluster, tmp_path) -> None:
+    """vllm's default is a GPU per replica: on this CPU-only cluster the job fails at once, naming
+    the setting, instead of waiting forever for an actor Ray cannot place."""
+    problems, _ = build_problems(ProblemsConfig(train_size=2, eval_size=1), tmp_path)
+    teacher = TeacherConfig(model="tiny-random", style="short", engine={"kind": "vllm"})
+    with pytest.raises(ValueError, match=r"'gpu' \(gpus_per_replica; 0 runs it on CPUs\) needs "
+                       r"1 GPUs but the Ray cluster has 0"):
+        generate_teacher("gpu", teacher, resolve("tiny-random"), problems, tmp_path)
+    assert not list(tmp_path.rglob("part-*.parquet"))  # refused before any row

@@ -88,6 +88,19 @@ def test_concurrency_follows_declared_resources() -> None:
     assert cfg.max_concurrent_trials(64.0) == 4  # never more than there are trials
 
 
+def test_work_the_cluster_can_never_place_is_refused_by_name() -> None:
+    from mixray.sweep import check_resources
+
+    cfg = load_sweep(REPO / "sweeps" / "smoke.yaml", ["teachers.long.engine={kind: vllm}"])
+    check_resources(load_sweep(REPO / "sweeps" / "smoke.yaml"), {"CPU": 2.0})  # fits
+    with pytest.raises(ValueError, match=r"teacher 'long' \(teachers.long.gpus_per_replica\) "
+                       r"needs 1 GPUs but the Ray cluster has 0"):
+        check_resources(cfg, {"CPU": 2.0})  # a vllm replica asks for a GPU unless told 0
+    with pytest.raises(ValueError, match="one trial .* needs 2.99 CPUs but the Ray cluster has 2"):
+        check_resources(load_sweep(REPO / "sweeps" / "smoke.yaml",
+                                   ["resources.cpus_per_train_worker=1.49"]), {"CPU": 2.0})
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mixray.sweep", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
