@@ -14,6 +14,14 @@ PAPER.md) and the tiny model's ChatML tokenizer.
   start-up or the final export. Target: Ray >= 0.9x torchrun. Launch-to-result seconds (start-up,
   Ray's fixed cost per fit() included) are reported beside it.
 
+  Where Ray's remainder goes on 2 cores (top over 15 s mid-run, 2026-11-28): the two train
+  workers get 85-89% of a core each; about ten other Ray processes (Train V2's controller,
+  synchronization, placement-group cleaner, preemption watcher and dataset-manager actors, Ray
+  Data's autoscaling coordinator, the dashboard agent, raylet, GCS) take 1-2% each, about 14% of
+  a core in all, and every step of a CPU-bound loop pays for it. RAY_enable_metrics_collection=0
+  with RAY_task_events_report_interval_ms=10000 changed nothing (2.28 against 2.34 steps/s). A
+  GPU step does not share its device with them.
+
 Writes benchmarks/results/training.json. Run the launchers part under the Ray lock:
 
     flock /tmp/mixray-ray.lock .venv/bin/python -m benchmarks.training [--part all] [--rows 400]
