@@ -36,7 +36,10 @@ SHM_COMM_OP = "deepspeed_shm_comm"
 def skip_shm_comm_op() -> None:
     """Keep DeepSpeed from compiling and initialising its CPU shared-memory comm op."""
     import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
 
+    if get_accelerator().device_name() != "cpu":
+        return  # nothing to skip, and the dict below probes every op (compilers, GPUs) when read
     deepspeed.ops.__compatible_ops__[SHM_COMM_OP] = False  # a module-level dict, read at init
 
 
