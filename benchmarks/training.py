@@ -7,25 +7,31 @@ PAPER.md) and the tiny model's ChatML tokenizer.
   over `batch_indices`): per packing mode, the share of batch cells that hold a sample token
   (target >= 0.95 packed), and forward+backward tokens/s of the tiny model on the first batches.
 - launchers: the same model, train config and manifest trained by `mixray.train.loop` under Ray
-  Train's TorchTrainer (2 workers, local Ray) and under `torchrun --nproc-per-node 2` (no Ray),
-  interleaved ABBA... so the load of a shared machine hits both. Steady-state steps/s of a run =
-  (steps - warmup) / wall time between the ends of step `warmup` and of the last step, from the
-  loop's own `wall_s` metric: it includes every per-step report (Ray's or the log line), not
-  start-up or the final export. Target: Ray >= 0.9x torchrun. Launch-to-result seconds (start-up,
-  Ray's fixed cost per fit() included) are reported beside it.
+  Train's TorchTrainer (local Ray, 2 CPUs) and under `torchrun` (no Ray), interleaved ABBA... so
+  the load of a shared machine hits both, once per world size in --workers. Steady-state steps/s
+  of a run = (steps - warmup) / wall time between the ends of step `warmup` and of the last step,
+  from the loop's own `wall_s` metric: it includes every per-step report (Ray's or the log line),
+  not start-up or the final export. Target: Ray >= 0.9x torchrun. Launch-to-result seconds
+  (start-up, Ray's fixed cost per fit() included) are reported beside it.
 
-  Where Ray's remainder goes on 2 cores (top over 15 s mid-run, 2026-11-28): the two train
-  workers get 85-89% of a core each; about ten other Ray processes (Train V2's controller,
-  synchronization, placement-group cleaner, preemption watcher and dataset-manager actors, Ray
-  Data's autoscaling coordinator, the dashboard agent, raylet, GCS) take 1-2% each, about 14% of
-  a core in all, and every step of a CPU-bound loop pays for it. RAY_enable_metrics_collection=0
-  with RAY_task_events_report_interval_ms=10000 changed nothing (2.28 against 2.34 steps/s). A
-  GPU step does not share its device with them.
+  Two world sizes, because on a 2-core machine they answer different questions. With 2 workers
+  every core trains, and whatever else runs takes from a step. `cpu_cores_while_training` (read
+  from /proc over the steady steps) says what: about 0.17 of a core across a dozen Ray processes
+  (Train V2's controller, synchronization, placement-group cleaner, preemption watcher and
+  dataset-manager actors, Ray Data's autoscaling coordinator, an idle worker, the dashboard agent,
+  the log monitor, raylet, GCS, the driver), each idling at 1-2% of a core; the Ray workers get
+  1.69-1.72 cores where torchrun's get 1.84-1.86 (2026-11-28). With 1 worker a core is left for
+  them, as on a GPU node where the step does not run on the CPU, so the ratio is the cost of the
+  Ray path itself (reports, the report vote, the worker's threads: its main thread and gloo's
+  take 1% of a core). 40-step runs put single pairs anywhere in 0.77-0.99; 100 steps (default)
+  keep them within 0.86-1.05. RAY_enable_metrics_collection=0 with
+  RAY_task_events_report_interval_ms=10000 did not move the 2-worker rate (2.28 against 2.34
+  steps/s).
 
 Writes benchmarks/results/training.json. Run the launchers part under the Ray lock:
 
     flock /tmp/mixray-ray.lock .venv/bin/python -m benchmarks.training [--part all] [--rows 400]
-        [--max-length 1024] [--micro 4] [--steps 40] [--repeats 3]
+        [--max-length 1024] [--micro 4] [--steps 100] [--repeats 3] [--workers 2 1]
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -126,6 +133,90 @@ def steady_steps_per_s(history: list[dict]) -> float:
     return (len(history) - WARMUP_STEPS) / span
 
 
+class CpuSampler:
+    """Every second, each process's CPU seconds so far, from /proc (Linux), in a thread."""
+
+    EVERY_S = 1.0
+    TICK = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, dict[int, tuple[str, float]]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._error: BaseException | None = None
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self._error is not None:
+            raise RuntimeError("the CPU sampler failed") from self._error
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self.EVERY_S):
+                self.samples.append((time.monotonic(), self._snapshot()))
+        except BaseException as e:  # raised again in the launching thread, by __exit__
+            self._error = e
+
+    def _snapshot(self) -> dict[int, tuple[str, float]]:
+        seen = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = Path(entry.path, "stat").read_text()
+                cmd = Path(entry.path, "cmdline").read_bytes().decode(errors="replace")
+            except OSError:  # gone meanwhile
+                continue
+            comm = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 1:].split()
+            seen[int(entry.name)] = (_process_name(cmd.split("\0"), comm),
+                                     (int(fields[11]) + int(fields[12])) / self.TICK)
+        return seen
+
+    def training_share(self, worker: str, workers: int, seconds: float) -> dict:
+        """Cores each process name used over the last `seconds` during which every one of the
+        `workers` processes named `worker` was busy (the steady steps end there, before the
+        workers go idle or exit; the final export, a second or two, falls inside)."""
+        def busy(i: int) -> bool:
+            (t0, a), (t1, b) = self.samples[i - 1], self.samples[i]
+            used = [(b[p][1] - a[p][1]) / (t1 - t0) for p in b if p in a and b[p][0] == worker]
+            return len(used) == workers and min(used) >= 0.5
+
+        end = max((i for i in range(1, len(self.samples)) if busy(i)), default=None)
+        if end is None:
+            return {}
+        start = next(i for i, (t, _) in enumerate(self.samples)
+                     if t >= self.samples[end][0] - seconds)
+        if end - start < 2:
+            return {}
+        (t0, a), (t1, b) = self.samples[start], self.samples[end]
+        cores: dict[str, float] = {}
+        for pid, (name, cpu) in b.items():
+            if pid in a:
+                cores[name] = cores.get(name, 0.0) + (cpu - a[pid][1]) / (t1 - t0)
+        others = {n: round(c, 3) for n, c in sorted(cores.items(), key=lambda kv: -kv[1])
+                  if n != worker and c >= 0.005}
+        return {"window_s": round(t1 - t0, 1), "workers": round(cores.get(worker, 0.0), 3),
+                "others": round(sum(c for n, c in cores.items() if n != worker), 3),
+                "others_by_process": others}
+
+
+def _process_name(cmd: list[str], comm: str) -> str:
+    """ray::<Actor> for Ray workers, the module or script for Python, else the executable."""
+    if not cmd[0]:
+        return comm  # a kernel thread
+    if cmd[0].startswith("ray::"):
+        return cmd[0].split()[0]
+    if "-m" in cmd[:-1]:
+        return cmd[cmd.index("-m") + 1]
+    return Path(next((c for c in cmd[1:] if c.endswith(".py")), cmd[0])).name
+
+
 def run_ray(train: dict, manifest: Path, work: Path) -> tuple[list[dict], float]:
     """One TorchTrainer fit on a fresh local Ray (2 CPUs), as a sweep trial runs it."""
     import ray
@@ -149,11 +240,12 @@ def run_ray(train: dict, manifest: Path, work: Path) -> tuple[list[dict], float]
 
 
 def run_torchrun(train: dict, manifest: Path, work: Path) -> tuple[list[dict], float]:
-    """The same loop under torchrun, 2 processes, gloo, no Ray."""
+    """The same loop under torchrun, one process per worker, gloo, no Ray."""
     config = work / "train.json"
     config.write_text(json.dumps(train))
     out = work / f"torchrun-{uuid.uuid4().hex[:8]}"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc-per-node", str(train["num_workers"]),
            "-m", "mixray.train", "--model", "tiny-random", "--manifest", str(manifest),
            "--config", str(config), "--out", str(out), "--torch-threads", "1"]
     started = time.perf_counter()
@@ -163,11 +255,14 @@ def run_torchrun(train: dict, manifest: Path, work: Path) -> tuple[list[dict], f
     return json.loads((out / "history.json").read_text()), time.perf_counter() - started
 
 
-def launchers_part(args: argparse.Namespace) -> dict:
+LAUNCHERS = {"ray": run_ray, "torchrun": run_torchrun}
+WORKER_PROCESS = {"ray": "ray::RayTrainWorker", "torchrun": "mixray.train"}
+
+
+def launchers_part(args: argparse.Namespace, workers: int) -> dict:
     train = {"max_steps": args.steps, "micro_batch_size": 2, "max_length": args.max_length,
              "packing": "greedy", "zero_stage": 2, "dtype": "fp32", "lr": 1e-4,
-             "num_workers": 2}
-    launch = {"ray": run_ray, "torchrun": run_torchrun}
+             "num_workers": workers}
     # ABBA...: each launcher goes first as often as second, so drifting load hits both alike
     order = [name for i in range(args.repeats)
              for name in (("ray", "torchrun") if i % 2 == 0 else ("torchrun", "ray"))]
@@ -177,16 +272,19 @@ def launchers_part(args: argparse.Namespace) -> dict:
         manifest = work / "manifest.parquet"
         pq.write_table(pa.Table.from_pylist(mix_rows(args.rows)), manifest)
         for name in order:
-            history, launch_s = launch[name](train, manifest, work)
+            with CpuSampler() as cpu:
+                history, launch_s = LAUNCHERS[name](train, manifest, work)
             gaps = [b["wall_s"] - a["wall_s"] for a, b in zip(history[WARMUP_STEPS - 1:],
                                                                history[WARMUP_STEPS:])]
             runs.append({"launcher": name, "steps_per_s": round(steady_steps_per_s(history), 3),
                          "step_s_median": round(statistics.median(gaps), 4),
                          "step_s_max": round(max(gaps), 4),
                          "launch_to_result_s": round(launch_s, 1),
-                         "final_train_loss": history[-1]["train_loss"]})
-            log.info("launchers: %s", runs[-1])
-    rates = {n: [r["steps_per_s"] for r in runs if r["launcher"] == n] for n in launch}
+                         "final_train_loss": history[-1]["train_loss"],
+                         "cpu_cores_while_training": cpu.training_share(
+                             WORKER_PROCESS[name], workers, sum(gaps))})
+            log.info("launchers (%d workers): %s", workers, runs[-1])
+    rates = {n: [r["steps_per_s"] for r in runs if r["launcher"] == n] for n in LAUNCHERS}
     median = {n: statistics.median(v) for n, v in rates.items()}
     ratio = median["ray"] / median["torchrun"]
     losses = {r["final_train_loss"] for r in runs}
@@ -197,7 +295,7 @@ def launchers_part(args: argparse.Namespace) -> dict:
         "seconds_per_step": {n: round(1 / v, 4) for n, v in median.items()},
         "median_launch_to_result_s": {
             n: round(statistics.median(r["launch_to_result_s"] for r in runs
-                                       if r["launcher"] == n), 1) for n in launch},
+                                       if r["launcher"] == n), 1) for n in LAUNCHERS},
         "ray_over_torchrun": round(ratio, 3),
         # each ABBA pair ran back to back: its ratio is the least exposed to drifting load
         "ray_over_torchrun_per_pair": [
@@ -217,8 +315,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=400)
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--micro", type=int, default=4, help="units per micro-batch (packing)")
-    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per launcher run")
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per launcher run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per launcher")
+    parser.add_argument("--workers", type=int, nargs="+", default=[2, 1],
+                        help="world sizes to compare the launchers at")
     args = parser.parse_args()
     logs.configure()
     torch.set_num_threads(1)
@@ -226,7 +326,7 @@ def main() -> None:
     if args.part in ("all", "packing"):
         result["packing"] = packing_part(args)
     if args.part in ("all", "launchers"):
-        result["launchers"] = launchers_part(args)
+        result["launchers"] = {f"workers_{n}": launchers_part(args, n) for n in args.workers}
     result = {k: v for k, v in result.items() if k in ("packing", "launchers")}  # older layout
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")
