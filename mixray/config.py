@@ -227,7 +227,9 @@ class SamplingConfig(Strict):
     max_new_tokens: int = Field(256, ge=1, le=65536)
     temperature: float = Field(0.0, ge=0.0, description="0 means greedy decoding.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int = Field(0, description="Base seed; each (problem, sample) row's seed derives from it.")
+    seed: int = Field(
+        0, description="Base seed; each (problem, sample) row's seed derives from it."
+    )
     n: int = Field(1, ge=1, le=1024, description="Samples per problem: rows get sample_idx 0..n-1.")
 
     @model_validator(mode="after")
@@ -655,15 +657,21 @@ class TrainConfig(Strict):
         "omitted: micro x workers x gradient_accumulation_steps."
     )
     gradient_accumulation_steps: int | None = Field(
-        None, ge=1, description="Micro-batches per optimizer step; omitted: from global_batch_size, else 1."
+        None, ge=1,
+        description="Micro-batches per optimizer step; omitted: from global_batch_size, else 1.",
     )
     max_steps: int | None = Field(
-        8, ge=1, description="Optimizer steps; the manifest is cycled if needed. Exclusive with epochs."
+        8, ge=1,
+        description="Optimizer steps; the manifest is cycled if needed. Exclusive with epochs.",
     )
-    epochs: float | None = Field(None, gt=0, description="Passes over the manifest, instead of max_steps.")
+    epochs: float | None = Field(
+        None, gt=0, description="Passes over the manifest, instead of max_steps."
+    )
     lr: float = Field(1e-5, gt=0)
     lr_schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of the steps with linear warmup.")
+    warmup_ratio: float = Field(
+        0.0, ge=0, lt=1, description="Share of the steps with linear warmup."
+    )
     weight_decay: float = Field(0.0, ge=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping; 0 turns it off.")
@@ -752,7 +760,9 @@ class EvaluateConfig(Strict):
         description="Specs (mixray/evaluate/benchmarks.py) or shorthands: 'heldout' (the sweep's "
         "held-out set), a registry name ('math500', 'gsm8k', ...), 'NAME=PATH', 'rg:TASK[:SIZE]'.",
     )
-    prompt: str = Field(PAPER_PROMPT, description="User-turn template; the paper reuses the teachers'.")
+    prompt: str = Field(
+        PAPER_PROMPT, description="User-turn template; the paper reuses the teachers'."
+    )
     max_new_tokens: int = Field(128, ge=1, le=65536)
     n_samples: int = Field(1, ge=1, le=1024, description="Completions per problem.")
     temperature: float = Field(0.0, ge=0.0, description="0 is greedy decoding (the paper).")
@@ -814,7 +824,8 @@ class ResourcesConfig(Strict):
     """Placement only: never part of an artifact key."""
 
     cpus_per_train_worker: float = Field(
-        0.49, gt=0, description="Fractional on CPU hosts: Tune does not count Train workers (STACK.md)."
+        0.49, gt=0,
+        description="Fractional on CPU hosts: Tune does not count Train workers (STACK.md).",
     )
     cpus_per_engine: float = Field(0.5, gt=0, description="CPUs reserved by each generation actor.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per worker process.")
@@ -991,7 +1002,8 @@ def _format_errors(source: str, err: ValidationError) -> str:
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
-    """Read and validate a sweep file; raise SweepFileError naming the file and key on any mistake."""
+    """Read and validate a sweep file; raise SweepFileError naming the file and key on any
+    mistake."""
     path = Path(path)
     if not path.is_file():
         raise SweepFileError(f"{path}: no such sweep file")

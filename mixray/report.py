@@ -384,7 +384,8 @@ def plot_curves(points: Sequence[Point], gaps: Sequence[GapRow], path: Path) -> 
             lines[(p.pools, p.schedule)].append(p)
         for (pools, schedule), line in lines.items():
             label = f"{pools[0]} vs {pools[1]}" + (f" · {_short(schedule)}" if schedule else "")
-            errs = [math.nan if p.stderr is None else p.stderr for p in line] if any(p.stderr for p in line) else None
+            errs = ([math.nan if p.stderr is None else p.stderr for p in line]
+                    if any(p.stderr for p in line) else None)
             ax.errorbar([p.share for p in line], [p.accuracy for p in line], yerr=errs,
                         marker="o", capsize=3, label=label)
         for (s, _), b in best.items():
@@ -404,7 +405,8 @@ def _grouped_bars(ax: Any, groups: Sequence[str],
     width = 0.8 / max(1, len(series))
     for i, (label, values) in enumerate(series.items()):
         xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
-        errs = [math.nan if e is None else e for _, e in values] if any(e for _, e in values) else None
+        errs = ([math.nan if e is None else e for _, e in values]
+                if any(e for _, e in values) else None)
         ax.bar(xs, [v for v, _ in values], width, yerr=errs, capsize=3, label=_short(label))
     ax.set_xticks(range(len(groups)), [_short(g, 16) for g in groups])
     ax.grid(alpha=0.3, axis="y")

@@ -1,9 +1,10 @@
 """What a sweep searches: the `search` section of a sweep file, and the trials it expands to.
 
 Any key under `mix.`, `train.` or `evaluate.` can vary per trial, or a whole section (`mix: {grid:
-[{pools: ...}, {pools: ..., long_pool: large, short_pool: small}]}`: each value replaces the section,
-its defaults filling the rest), so keys that only make sense together vary together. Teachers,
-problems and curation are shared by every trial: generated once, before the trials. An axis is one of
+[{pools: ...}, {pools: ..., long_pool: large, short_pool: small}]}`: each value replaces the
+section, its defaults filling the rest), so keys that only make sense together vary together.
+Teachers, problems and curation are shared by every trial: generated once, before the trials.
+An axis is one of
 
     {grid: [...]}           every value, exhaustively (Tune's grid_search)
     {choice: [...]}         one value per draw
@@ -51,10 +52,12 @@ class Domain(_Strict):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Domain:
-        given = [k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k) is not None]
+        given = [k for k in ("grid", "choice", "uniform", "loguniform")
+                 if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("an axis is exactly one of {grid: [...]}, {choice: [...]}, "
-                             f"{{uniform: [low, high]}}, {{loguniform: [low, high]}}; got {given or 'none'}")
+                             f"{{uniform: [low, high]}}, {{loguniform: [low, high]}}; "
+                             f"got {given or 'none'}")
         bounds = self.uniform or self.loguniform
         if bounds is not None and not bounds[0] < bounds[1]:
             raise ValueError(f"low must be below high, got {list(bounds)}")
@@ -64,7 +67,8 @@ class Domain(_Strict):
 
     @property
     def kind(self) -> str:
-        return next(k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k) is not None)
+        return next(k for k in ("grid", "choice", "uniform", "loguniform")
+                    if getattr(self, k) is not None)
 
     def sample(self, rng: random.Random) -> Any:
         assert self.kind != "grid", "grid axes are enumerated, not drawn"
@@ -94,8 +98,10 @@ class AshaScheduler(_Strict):
     kind: Literal["asha"]
     metric: str = Field("train_loss", description="An intermediate metric reported while training.")
     mode: Literal["min", "max"] = "min"
-    grace_period: int = Field(1, ge=1, description="Steps every trial gets before it can be stopped.")
-    reduction_factor: float = Field(2.0, gt=1.0, description="1/reduction_factor of trials go on at each rung.")
+    grace_period: int = Field(
+        1, ge=1, description="Steps every trial gets before it can be stopped.")
+    reduction_factor: float = Field(
+        2.0, gt=1.0, description="1/reduction_factor of trials go on at each rung.")
 
     def rung_steps(self, up_to: int = 10**7) -> list[int]:
         """The training steps at which ASHA judges a trial: the first whole step at or past each
@@ -117,11 +123,13 @@ class SearchConfig(_Strict):
         None, min_length=1, description="Short for space: {mix.long_share: {grid: [...]}}.")
     space: dict[str, Domain] = Field(
         default_factory=dict, description="Dotted key under mix., train. or evaluate. -> axis.")
-    num_samples: int = Field(1, ge=1, description="Draws (random) or proposals per student (optuna).")
+    num_samples: int = Field(
+        1, ge=1, description="Draws (random) or proposals per student (optuna).")
     seed: int = Field(0, description="Seeds random draws and Optuna's sampler.")
     metric: str = Field("eval_accuracy", description="What Optuna optimises and 'best' means.")
     mode: Literal["min", "max"] = "max"
-    scheduler: FifoScheduler | AshaScheduler = Field(default_factory=FifoScheduler, discriminator="kind")
+    scheduler: FifoScheduler | AshaScheduler = Field(
+        default_factory=FifoScheduler, discriminator="kind")
     max_concurrent_trials: int | None = Field(
         None, ge=1, description="Upper bound; the real limit also follows from the resources.")
 
@@ -132,9 +140,9 @@ class SearchConfig(_Strict):
             section = key.split(".", 1)[0] + "."
             if section not in SEARCHABLE or key in NOT_SEARCHABLE:
                 raise ValueError(
-                    f"search.space.{key}: only keys under {', '.join(SEARCHABLE)} can vary per trial "
-                    "(teachers, problems and curate are generated once for all trials; placement "
-                    f"such as {', '.join(NOT_SEARCHABLE)} is fixed)")
+                    f"search.space.{key}: only keys under {', '.join(SEARCHABLE)} can vary "
+                    "per trial (teachers, problems and curate are generated once for all trials; "
+                    f"placement such as {', '.join(NOT_SEARCHABLE)} is fixed)")
             if key == LONG_SHARE and not all(0.0 <= v <= 1.0 for v in _numbers(domain, key)):
                 raise ValueError(f"search.space.{key}: every long share must lie in [0, 1]")
         return space
@@ -152,8 +160,8 @@ class SearchConfig(_Strict):
                 raise ValueError(f"search.algorithm grid takes only {{grid: [...]}} axes, but "
                                  f"{drawn} are drawn; use algorithm random or optuna")
             if self.num_samples != 1:
-                raise ValueError("search.num_samples must be 1 with algorithm grid (a repeated grid "
-                                 "point is the same trial); use algorithm random to draw")
+                raise ValueError("search.num_samples must be 1 with algorithm grid (a repeated "
+                                 "grid point is the same trial); use algorithm random to draw")
         elif self.algorithm == "random" and not any(kind != "grid" for kind in kinds.values()):
             raise ValueError("search.algorithm random needs at least one drawn axis (choice, "
                              "uniform, loguniform); with only grid axes use algorithm grid")

@@ -62,7 +62,8 @@ def plan(cfg: SweepConfig) -> str:
     lines += [
         f"curate   : {cfg.curate.verifier}, pools keep {cfg.curate.keep} responses",
         f"trials   : {describe_search(cfg)}",
-        f"train    : Ray Train + DeepSpeed ZeRO-{t.zero_stage}, {t.dtype}, {t.num_workers} workers, "
+        f"train    : Ray Train + DeepSpeed ZeRO-{t.zero_stage}, {t.dtype}, "
+        f"{t.num_workers} workers, "
         f"{f'{t.epochs:g} epochs' if t.epochs else f'{t.max_steps} steps'} x global batch "
         f"{t.global_batch}, lr {t.lr:g} ({t.lr_schedule}), packing {t.packing}"
         + (f", LoRA rank {t.lora.rank}" if getattr(t, "lora", None) else ""),
@@ -130,8 +131,8 @@ class Invocation:
                 continue
             if state["resume_key"] != cfg.resume_key():
                 raise ValueError(
-                    f"--resume: the interrupted run {path.parent.name} of sweep {cfg.name!r} used a "
-                    "different configuration (only search and resources may change); "
+                    f"--resume: the interrupted run {path.parent.name} of sweep {cfg.name!r} "
+                    "used a different configuration (only search and resources may change); "
                     "run without --resume to start a new sweep")
             return cls(path.parent, state["resume_key"], state["parent_run_id"], state["status"])
         raise ValueError(f"--resume: sweep {cfg.name!r} has no interrupted run under "
@@ -316,7 +317,8 @@ def _params_text(params: dict[str, Any]) -> str:
 
 
 def format_summary(cfg: SweepConfig, summary: dict[str, Any]) -> str:
-    """Per student: trials (search values -> metrics), the best one, the gaps; then where to look."""
+    """Per student: trials (search values -> metrics), the best one, the gaps; then where to
+    look."""
     blocks = []
     for student in cfg.students:
         trials = [t for t in summary["trials"] if t["student"] == student]
@@ -349,13 +351,16 @@ def format_summary(cfg: SweepConfig, summary: dict[str, Any]) -> str:
     ui = (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri {store} "
           f"--workers 1 --host 127.0.0.1 --port 5000   # then open http://127.0.0.1:5000")
     return ("\n" + "\n\n".join(blocks) + f"\n\ntime: {stages}\nsummary: {summary['summary_path']}\n"
-            f"MLflow experiment {cfg.experiment!r}, parent run {summary['mlflow']['parent_run_id']}."
-            f"\nOpen the UI:\n  {ui}\nComparison report (HTML + figures):\n  python -m mixray.report "
+            f"MLflow experiment {cfg.experiment!r}, "
+            f"parent run {summary['mlflow']['parent_run_id']}."
+            f"\nOpen the UI:\n  {ui}\nComparison report (HTML + figures):\n"
+            "  python -m mixray.report "
             f"--experiment {cfg.experiment} --tracking-uri {store}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mixray.sweep", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mixray.sweep",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("sweep", nargs="?", default=str(DEFAULT_SWEEP), help="sweep YAML file")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override any key of the sweep file (repeatable)")

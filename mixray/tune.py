@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.result import AUTO_RESULT_KEYS
@@ -75,14 +74,16 @@ def run_trial(trial: dict[str, Any], ctx: SweepContext) -> dict[str, float]:
             validation_path=str(out / "validation.parquet") if cfg.mix.validation_problems
             else None,
             cpus_per_worker=cfg.resources.cpus_per_train_worker,
-            gpus_per_worker=cfg.resources.gpus_per_train_worker, storage=cfg.run_root_path / "train",
+            gpus_per_worker=cfg.resources.gpus_per_train_worker,
+            storage=cfg.run_root_path / "train",
             name=f"{ctx.invocation}-{trial['name']}", callbacks=[TuneReportCallback()],
             report_steps=_rung_steps(ctx.cfg),  # the sweep's: a trial's cfg has no search
         )
         t2 = time.perf_counter()
         metrics = evaluate_model(
             model_dir, Path(ctx.eval_problems), cfg.evaluate, cfg.train.system_prompt, out / "eval",
-            cpus_per_engine=cfg.resources.cpus_per_engine, torch_threads=cfg.resources.torch_threads,
+            cpus_per_engine=cfg.resources.cpus_per_engine,
+            torch_threads=cfg.resources.torch_threads,
         )
         t3 = time.perf_counter()
         metrics |= {k: v for k, v in history[-1].items() if k.startswith("val_loss")}

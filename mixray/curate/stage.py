@@ -1,4 +1,5 @@
-"""Score a generation output and keep the correct rows: ``scored.parquet``, ``pool.parquet``, ``stats.json``."""
+"""Score a generation output and keep the correct rows: ``scored.parquet``, ``pool.parquet``,
+``stats.json``."""
 
 from __future__ import annotations
 

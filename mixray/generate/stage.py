@@ -323,7 +323,8 @@ def generation_spec(label: str, teacher: TeacherConfig, problems_key: str) -> di
     return spec
 
 
-def teacher_stage(label: str, teacher: TeacherConfig, problems: StageDir, run_root: Path) -> StageDir:
+def teacher_stage(label: str, teacher: TeacherConfig, problems: StageDir,
+                  run_root: Path) -> StageDir:
     return StageDir(run_root, "generate", generation_spec(label, teacher, problems.key))
 
 

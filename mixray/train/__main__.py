@@ -6,9 +6,9 @@
 --config is a YAML or JSON file with the sweep file's `train:` keys (TrainConfig), or a whole
 sweep file, whose `train:` section is taken. num_workers is the torchrun world size (giving
 another value is an error). On a machine with GPUs each rank takes the one at its LOCAL_RANK
-(NCCL for the model, gloo for the loop's CPU tensors); otherwise all is gloo on CPU. Written under --out:
-checkpoints/step<N>/ (DeepSpeed, the latest two), and at the end model/ (the student as a plain
-HF folder, LoRA merged), history.json, params.json, data_stats.json. Run again with the same
+(NCCL for the model, gloo for the loop's CPU tensors); otherwise all is gloo on CPU. Written under
+--out: checkpoints/step<N>/ (DeepSpeed, the latest two), and at the end model/ (the student as a
+plain HF folder, LoRA merged), history.json, params.json, data_stats.json. Run again with the same
 --out, or let torchrun restart it (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --max-restarts N;
 see check_restartable), to resume from the latest checkpoint.
 """

@@ -3,9 +3,9 @@
 Workers with GPUs train on them (NCCL for the model's collectives, gloo for the loop's small CPU
 ones); without, everything is gloo on CPU.
 
-`RayReporter` is the loop's `Reporter` here: metrics and checkpoints go to `ray.train.report` (metrics
-at most once per controller poll, see REPORT_INTERVAL_S), and a restarted worker group resumes from
-`ray.train.get_checkpoint()`.
+`RayReporter` is the loop's `Reporter` here: metrics and checkpoints go to `ray.train.report`
+(metrics at most once per controller poll, see REPORT_INTERVAL_S), and a restarted worker group
+resumes from `ray.train.get_checkpoint()`.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def train_from_config(t: TrainConfig, *, model_path: str, manifest_path: str, torch_threads: int,
-                      cpus_per_worker: float, storage: Path, name: str, gpus_per_worker: float = 0.0,
+                      cpus_per_worker: float, storage: Path, name: str,
+                      gpus_per_worker: float = 0.0,
                       callbacks: list | None = None, report_steps: list[int] | None = None,
                       validation_path: str | None = None,
                       **test_hooks) -> tuple[Path, list[dict]]:
@@ -129,7 +130,8 @@ def train_student(
         run_config=RunConfig(
             name=name,  # unique per trial: the same name would silently resume an old run
             storage_path=str(storage),
-            # controller_failure_limit=0: a worker group that cannot start fails, not retries forever
+            # controller_failure_limit=0: a worker group that cannot start fails, not retries
+            # forever
             failure_config=FailureConfig(max_failures=max_failures, controller_failure_limit=0),
             checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             callbacks=callbacks or [],

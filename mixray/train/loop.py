@@ -7,9 +7,9 @@ A step is `accumulation` micro-batches per rank; which manifest units each one h
 function of the step (`batch_indices`), so a run resumed from a DeepSpeed checkpoint sees exactly
 the data an uninterrupted run would. Metrics (loss overall and per pool, lr, tokens/s) are reduced
 over ranks. With a validation set (mix.validation_problems), val_loss every eval_every steps, at
-the rungs a Tune scheduler judges (eval_steps) and at the end. Checkpoints: every rank saves its shard into its own folder and reports it; the
-reporter merges the ranks' files. The last one also holds the student as a plain HF folder, the
-per-step history and the parameter counts.
+the rungs a Tune scheduler judges (eval_steps) and at the end. Checkpoints: every rank saves its
+shard into its own folder and reports it; the reporter merges the ranks' files. The last one also
+holds the student as a plain HF folder, the per-step history and the parameter counts.
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ from mixray.train.validation import Validation
 
 log = logging.getLogger(__name__)
 
-# Ray Train V2 collects reports by polling the workers every 2 s (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S):
-# a worker that dies sooner after reporting loses that report, so the test crash waits 3 polls.
+# Ray Train V2 collects reports by polling the workers every 2 s
+# (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S): a worker that dies sooner after reporting loses that report,
+# so the test crash waits 3 polls.
 TEST_CRASH_DELAY_S = 6.0
 
 
@@ -102,7 +103,8 @@ def train(a: LoopArgs, reporter: Reporter) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
 
     tokenizer = AutoTokenizer.from_pretrained(a.model_path)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = (tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+              else tokenizer.eos_token_id)
     examples, units, pools, stats = _load_data(a, tokenizer)
     total = total_steps(a, len(units), world)
     validation = None if a.validation_path is None else Validation.load(
@@ -195,7 +197,8 @@ def _metrics(step: int, sums: torch.Tensor, batches: list[dict], lr: float, star
     """Global metrics of one step (summed over ranks), the same on every rank."""
     cells = sum(b["input_ids"].numel() for b in batches)
     real = sum(real_tokens(b) for b in batches)
-    flat = torch.cat([sums.flatten(), torch.tensor([float(real), float(cells)], dtype=torch.float64)])
+    flat = torch.cat([sums.flatten(),
+                      torch.tensor([float(real), float(cells)], dtype=torch.float64)])
     dist.all_reduce(flat)
     per_pool, (real, cells) = flat[:-2].view(-1, 2), flat[-2:].tolist()
     elapsed = time.perf_counter() - started
