@@ -10,14 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def capacity() -> dict[str, float]:
-    """The most the Ray cluster can offer: what it has now or, on a `ray up` cluster, what its
-    autoscaler may start (each node type's resources x max_workers, from the head's
-    ~/ray_bootstrap_config.yaml), whichever is larger."""
+def capacity(now: dict[str, float] | None = None) -> dict[str, float]:
+    """The most the Ray cluster can offer: what it has now (`now`, else asked of Ray) or, on a
+    `ray up` cluster, what its autoscaler may start (each node type's resources x max_workers,
+    from the head's ~/ray_bootstrap_config.yaml), whichever is larger."""
     import ray
     import yaml
 
-    now = dict(ray.cluster_resources())
+    now = dict(ray.cluster_resources()) if now is None else now
     path = Path.home() / "ray_bootstrap_config.yaml"
     if not path.is_file():
         return now

@@ -198,9 +198,10 @@ def preflight(job: GenerationJob) -> None:
         if importlib.util.find_spec("vllm") is None:
             raise ValueError(f"teacher {job.label!r}: {INSTALL_HINT}")
     if job.gpus_per_replica > 0:
+        now = dict(ray.cluster_resources())
         cluster.require(f"each replica of {job.label!r} (gpus_per_replica; 0 runs it on CPUs)",
-                        "GPU", job.gpus_per_replica, cluster.capacity())
-        gpus = ray.cluster_resources().get("GPU", 0.0)
+                        "GPU", job.gpus_per_replica, cluster.capacity(now))
+        gpus = now.get("GPU", 0.0)
         if gpus < job.gpus_per_replica:
             log.warning("generate[%s]: each replica asks for %g GPU(s) and the cluster has %g "
                         "now; the actors wait for the autoscaler",
