@@ -15,9 +15,9 @@ PAPER.md) and the tiny model's ChatML tokenizer.
   (start-up, Ray's fixed cost per fit() included) are reported beside it.
 
   Two world sizes, because on a 2-core machine they answer different questions. With 2 workers
-  every core trains, and whatever else runs takes from a step. `cpu_cores_while_training` (read
-  from /proc over the steady steps) says what: about 0.17 of a core across a dozen Ray processes
-  (Train V2's controller, synchronization, placement-group cleaner, preemption watcher and
+  every core trains, and whatever else runs takes from a step. `cpu_cores_while_training` (every
+  process's CPU time over the steady steps) says what: about 0.17 of a core across a dozen Ray
+  processes (Train V2's controller, synchronization, placement-group cleaner, preemption watcher and
   dataset-manager actors, Ray Data's autoscaling coordinator, an idle worker, the dashboard agent,
   the log monitor, raylet, GCS, the driver), each idling at 1-2% of a core; the Ray workers get
   1.69-1.72 cores where torchrun's get 1.84-1.86 (2026-11-28). With 1 worker a core is left for
@@ -50,6 +50,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -135,10 +136,9 @@ def steady_steps_per_s(history: list[dict]) -> float:
 
 
 class CpuSampler:
-    """Every second, each process's CPU seconds so far, from /proc (Linux), in a thread."""
+    """Every second, each process's CPU seconds so far (psutil), in a thread."""
 
     EVERY_S = 1.0
-    TICK = os.sysconf("SC_CLK_TCK")
 
     def __init__(self) -> None:
         self.samples: list[tuple[float, dict[int, tuple[str, float]]]] = []
@@ -163,20 +163,14 @@ class CpuSampler:
         except BaseException as e:  # raised again in the launching thread, by __exit__
             self._error = e
 
-    def _snapshot(self) -> dict[int, tuple[str, float]]:
+    @staticmethod
+    def _snapshot() -> dict[int, tuple[str, float]]:
         seen = {}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = Path(entry.path, "stat").read_text()
-                cmd = Path(entry.path, "cmdline").read_bytes().decode(errors="replace")
-            except OSError:  # gone meanwhile
-                continue
-            comm = stat[stat.index("(") + 1:stat.rindex(")")]
-            fields = stat[stat.rindex(")") + 1:].split()
-            seen[int(entry.name)] = (_process_name(cmd.split("\0"), comm),
-                                     (int(fields[11]) + int(fields[12])) / self.TICK)
+        for p in psutil.process_iter(["cmdline", "name", "cpu_times"]):
+            cpu = p.info["cpu_times"]
+            if cpu is not None:  # None: gone meanwhile, or not ours to read
+                seen[p.pid] = (_process_name(p.info["cmdline"] or [""], p.info["name"]),
+                               cpu.user + cpu.system)
         return seen
 
     def training_share(self, worker: str, workers: int, seconds: float) -> dict:
