@@ -3,6 +3,24 @@
 from __future__ import annotations
 
 import logging
+import sys
+from typing import TextIO
+
+FORMAT = logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S")
+
+
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, never to the stream of
+    the moment it was made: under pytest that first stream is a capture buffer that is closed
+    later, and the next record (a model built on first use) printed ``--- Logging error ---``
+    instead of itself. Redirections made later (a CLI's, Ray's worker setup) are followed too."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)  # StreamHandler's own __init__ would bind a stream now
+
+    @property
+    def stream(self) -> TextIO:  # type: ignore[override]
+        return sys.stderr
 
 
 def configure(level: int = logging.INFO) -> None:
@@ -10,8 +28,8 @@ def configure(level: int = logging.INFO) -> None:
     logger = logging.getLogger("mixray")
     if logger.handlers:
         return
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler = StderrHandler()
+    handler.setFormatter(FORMAT)
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False  # Ray's own root handlers would print every line twice

@@ -39,6 +39,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from mixray import logs
 from mixray.evaluate.scoring import mean_and_stderr
 
 log = logging.getLogger(__name__)
@@ -758,7 +759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="Output folder (default: runs/reports/<experiment>/<parent id>/).")
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per trial
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logs.configure()
     try:
         index = write_report(args.experiment, args.tracking_uri, args.parent, args.out)
     except ValueError as e:

@@ -213,13 +213,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from mixray.evaluate.stage import load_benchmarks, run_evaluation
 
-    # Everything that can be checked without Ray is checked now: the model, the judge, the data.
+    # Everything that can be checked without Ray is checked now: the data first (cheap), then
+    # the model and the judge, which may be built or converted on first use (seconds to minutes).
     try:
-        model_dir = None if cfg.engine.kind == "http" else models.resolve(name)
-        judge_dir = models.resolve(cfg.judge.model) if cfg.judge and cfg.judge.model else None
         if args.exclude_problems is not None and not args.exclude_problems.is_file():
             raise ValueError(f"--exclude-problems {args.exclude_problems}: no such file")
         benchmarks = load_benchmarks(cfg, None, args.exclude_problems)
+        model_dir = None if cfg.engine.kind == "http" else models.resolve(name)
+        judge_dir = models.resolve(cfg.judge.model) if cfg.judge and cfg.judge.model else None
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
