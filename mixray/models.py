@@ -44,7 +44,9 @@ CHATML_TEMPLATE = (
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("MIXRAY_CACHE", Path.home() / ".cache" / "mixray")).expanduser()
+    """``$MIXRAY_CACHE``, or ``~/.cache/mixray`` when it is unset or empty (an empty value
+    would otherwise mean the working directory)."""
+    return Path(os.environ.get("MIXRAY_CACHE") or Path.home() / ".cache" / "mixray").expanduser()
 
 
 def resolve(spec: str) -> Path:
