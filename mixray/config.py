@@ -543,6 +543,13 @@ class MixSpec(MixStrict):
         1, ge=1, description="Times one row may appear; 1 is sampling without replacement, more "
         "allows upsampling (every row is used once before any is used twice).",
     )
+    on_pool_exhausted: Literal["fill", "error"] = Field(
+        "fill", description="When a pool is used up before it has supplied its share of the "
+        "budget (so far, in a schedule): 'fill' lets the other pools take its place, reported in "
+        "the data card (ran_dry) and the sweep summary; 'error' stops the trial with a "
+        "ValueError naming the pool, the phase and the shortfall. The scarcest pool used up at "
+        "the end of budget 'all' has supplied its share: that is not running dry.",
+    )
     per_problem: bool = Field(
         False, description="The paper's pairing: each problem contributes one response, a "
         "weight-share of problems taking each pool's; only problems present in every pool of "

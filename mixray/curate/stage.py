@@ -15,24 +15,25 @@ import pyarrow.parquet as pq
 from mixray.artifacts import StageDir
 from mixray.config import CurateConfig
 from mixray.curate.extract import extract_answer
-from mixray.curate.verify import VERIFIER_VERSION, is_correct
+from mixray.curate.verify import VERIFIER_VERSION, verify_answer
 
 log = logging.getLogger(__name__)
 NEEDED = ("problem_id", "answer", "completion", "n_tokens", "finish_reason")
 
 
 def score(table: pa.Table) -> pa.Table:
-    """Add ``extracted`` and ``correct`` columns to a generation table."""
+    """Add ``extracted``, ``correct`` and ``verified_by`` columns to a generation table;
+    ``verified_by`` is how the answer was compared (``verify.Check``), null when it was not."""
     missing = [c for c in NEEDED if c not in table.column_names]
     if missing:
         raise ValueError(f"generation output lacks columns {missing}; has {table.column_names}")
     completions = table["completion"].to_pylist()
     golds = table["answer"].to_pylist()
     extracted = [extract_answer(c or "") for c in completions]
-    correct = [is_correct(e, g) for e, g in zip(extracted, golds, strict=True)]
-    return table.append_column("extracted", pa.array(extracted, pa.string())).append_column(
-        "correct", pa.array(correct, pa.bool_())
-    )
+    checks = [verify_answer(e, g) for e, g in zip(extracted, golds, strict=True)]
+    return (table.append_column("extracted", pa.array(extracted, pa.string()))
+            .append_column("correct", pa.array([ok for ok, _ in checks], pa.bool_()))
+            .append_column("verified_by", pa.array([by for _, by in checks], pa.string())))
 
 
 def stats(scored: pa.Table) -> dict[str, float]:
@@ -40,7 +41,8 @@ def stats(scored: pa.Table) -> dict[str, float]:
 
     Rates count rows, i.e. (problem, sample) pairs; ``problems_solved`` counts the problems with
     at least one accepted sample (with several samples per problem, what a per-problem mix can
-    draw on)."""
+    draw on); ``string_fallback`` counts the answers compared as text because math-verify could
+    not parse them or their gold."""
     n = scored.num_rows
     if n == 0:
         raise ValueError("no generated rows to curate")
@@ -49,6 +51,7 @@ def stats(scored: pa.Table) -> dict[str, float]:
     accepted = int(pc.sum(scored["correct"]).as_py() or 0)
     problems = pc.count_distinct(scored["problem_id"]).as_py()
     solved = pc.count_distinct(scored.filter(scored["correct"])["problem_id"]).as_py()
+    fallback = scored["verified_by"].to_pylist().count("string")
     return {
         "rows": n,
         "problems": problems,
@@ -58,6 +61,8 @@ def stats(scored: pa.Table) -> dict[str, float]:
         "no_answer_rate": scored["extracted"].null_count / n,
         "truncation_rate": reasons.count("length") / n,
         "error_rate": reasons.count("error") / n,
+        "string_fallback": fallback,
+        "string_fallback_rate": fallback / n,
         "tokens_mean": float(np.mean(tokens)),
         "tokens_p50": float(np.percentile(tokens, 50)),
         "tokens_p90": float(np.percentile(tokens, 90)),
@@ -65,7 +70,11 @@ def stats(scored: pa.Table) -> dict[str, float]:
 
 
 def curate_stage(generation: StageDir, cfg: CurateConfig, run_root: Path) -> StageDir:
-    spec = {"generation": generation.key, "verifier": VERIFIER_VERSION, "keep": cfg.keep}
+    # "failed": rows the engine failed on never enter a pool, even with keep "all" (they did
+    # before: empty completions to train on); the entry keeps older pools' keys apart.
+    # "verified_by": outputs carry that column and stats.json its string_fallback count.
+    spec = {"generation": generation.key, "verifier": VERIFIER_VERSION, "keep": cfg.keep,
+            "failed": "excluded", "verified_by": "recorded"}
     return StageDir(run_root, "curate", spec)
 
 
@@ -80,7 +89,8 @@ def curate(
     s = stats(scored)
     tmp = stage.staging()
     pq.write_table(scored, tmp / "scored.parquet")
-    pool = scored if cfg.keep == "all" else scored.filter(scored["correct"])
+    generated = scored.filter(pc.not_equal(scored["finish_reason"], "error"))
+    pool = generated if cfg.keep == "all" else generated.filter(generated["correct"])
     pq.write_table(pool, tmp / "pool.parquet")
     (tmp / "stats.json").write_text(json.dumps(s, indent=2))
     stage.commit(tmp)

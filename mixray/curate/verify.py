@@ -9,6 +9,10 @@ Before parsing we rewrite two forms math-verify misreads (tests/unit/test_answer
 digit groups separated by a LaTeX space (``1\\,000`` parses as ``1*0`` and then equals ``0``) and
 the unicode degree sign (``30°`` does not parse as a number).
 
+An answer or gold that math-verify cannot parse is compared as exact (stripped) text instead;
+``verify_answer`` says which comparison decided, so curation and evaluation count those
+(``string_fallback``) rather than pass them off as verified.
+
 ``is_correct_gsm8k`` compares GSM8K answers numerically, without math-verify.
 """
 
@@ -18,12 +22,16 @@ import re
 from decimal import Decimal
 from fractions import Fraction
 from importlib.metadata import version
+from typing import Literal
 
 from math_verify import parse, verify
 
 from mixray.curate.extract import last_number
 
 MAX_ANSWER_CHARS = 300
+Check = Literal["math_verify", "string", "number"]
+"""How an answer was compared with its gold: by math-verify, as text when either side does not
+parse (the fallback that gets counted), or as GSM8K numbers (``is_correct_gsm8k``)."""
 # -mixray-2: digit-group spaces and the degree sign are normalised before parsing.
 VERIFIER_VERSION = f"math-verify-{version('math-verify')}-mixray-2"
 
@@ -42,14 +50,20 @@ def _parse(answer: str):
     return parse(f"\\boxed{{{_normalize(answer)}}}", parsing_timeout=None)
 
 
-def is_correct(predicted: str | None, gold: str) -> bool:
+def verify_answer(predicted: str | None, gold: str) -> tuple[bool, Check | None]:
+    """(whether ``predicted`` equals ``gold``, how that was decided). None: nothing was compared,
+    since there is no answer or it is longer than MAX_ANSWER_CHARS (then it counts as wrong)."""
     if not predicted or len(predicted) > MAX_ANSWER_CHARS:
-        return False
+        return False, None
     gold_expr = _parse(gold)
     pred_expr = _parse(predicted)
     if not gold_expr or not pred_expr:
-        return predicted.strip() == gold.strip()
-    return bool(verify(gold_expr, pred_expr, timeout_seconds=None))
+        return predicted.strip() == gold.strip(), "string"
+    return bool(verify(gold_expr, pred_expr, timeout_seconds=None)), "math_verify"
+
+
+def is_correct(predicted: str | None, gold: str) -> bool:
+    return verify_answer(predicted, gold)[0]
 
 
 def _as_fraction(number: str) -> Fraction:

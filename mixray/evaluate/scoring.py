@@ -49,13 +49,15 @@ def maj_at_k(answers: Sequence[str | None], correct_flags: Sequence[bool], k: in
 
 
 def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and standard error of the mean (sample std, ddof=1, over sqrt(n)); 0 error for n=1."""
+    """Mean and standard error of the mean (sample std, ddof=1, over sqrt(n)).
+
+    The error of a single value is unknown, hence NaN: 0 would claim an exact mean."""
     n = len(values)
     if n == 0:
         raise ValueError("mean_and_stderr needs at least one value")
     mean = math.fsum(values) / n
     if n == 1:
-        return mean, 0.0
+        return mean, math.nan
     variance = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
     return mean, math.sqrt(variance / n)
 
@@ -95,8 +97,11 @@ def benchmark_metrics(
     """Metrics of one benchmark from per-sample rows with keys ``ROW_KEYS``.
 
     ``accuracy`` is pass@1 averaged over each problem's samples, then over problems;
-    ``accuracy_stderr`` is its standard error over problems. ``pass@k`` and ``maj@k`` are reported
-    for each k in ``ks`` that every problem has samples for (k <= the smallest n).
+    ``accuracy_stderr`` is its standard error over problems (NaN, unknown, for one problem).
+    ``pass@k`` and ``maj@k`` are reported for each k in ``ks`` that every problem has samples for
+    (k <= the smallest n). Rows that say how their answer was compared (``verified_by``, as the
+    evaluation stage's do) give ``string_fallback``: the samples compared as text because
+    math-verify could not parse the answer or the gold.
     """
     problems = _group_by_problem(rows)
     flags = {pid: [bool(s["correct"]) for s in samples] for pid, samples in problems.items()}
@@ -110,6 +115,10 @@ def benchmark_metrics(
         )
     all_samples = [s for samples in problems.values() for s in samples]
     metrics |= _sample_rates(all_samples)
+    checked = [s["verified_by"] for s in all_samples if "verified_by" in s]
+    if checked:
+        assert len(checked) == len(all_samples), "a stage records verified_by on every row"
+        metrics["string_fallback"] = checked.count("string")
     metrics |= {"n_problems": len(problems), "n_samples": len(all_samples)}
     return metrics
 
@@ -136,10 +145,11 @@ AVERAGED = ("response_tokens_mean", "truncation_rate", "no_answer_rate", "error_
 def average_metrics(metrics_by_benchmark: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     """The paper's P with its standard error, and the unweighted means of the length and rate
     metrics. The benchmarks are independent samples, so the error of their mean is
-    sqrt(sum of squared errors) / number of benchmarks."""
+    sqrt(sum of squared errors) / number of benchmarks; NaN (unknown) when one benchmark's error
+    is unknown (missing, None or NaN), since taking it as 0 would understate the error."""
     p = average_over_benchmarks(metrics_by_benchmark)
     n = len(metrics_by_benchmark)
-    errors = [m.get("accuracy_stderr", 0.0) for m in metrics_by_benchmark.values()]
+    errors = [_known_or_nan(m.get("accuracy_stderr")) for m in metrics_by_benchmark.values()]
     out = {"accuracy": p, "accuracy_stderr": math.sqrt(math.fsum(e * e for e in errors)) / n,
            "n_benchmarks": n}
     for key in AVERAGED:
@@ -147,6 +157,10 @@ def average_metrics(metrics_by_benchmark: Mapping[str, Mapping[str, float]]) -> 
         if len(values) == n:
             out[key] = _mean(values)
     return out
+
+
+def _known_or_nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
 
 
 def metric_name(key: str) -> str:

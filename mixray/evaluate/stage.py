@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from mixray.artifacts import spec_key
 from mixray.config import EvaluateConfig, SamplingConfig
 from mixray.curate.extract import extract_answer, last_boxed, last_number
-from mixray.curate.verify import VERIFIER_VERSION, is_correct, is_correct_gsm8k
+from mixray.curate.verify import VERIFIER_VERSION, Check, is_correct_gsm8k, verify_answer
 from mixray.evaluate.benchmarks import (
     AnswerFormat,
     LoadedBenchmark,
@@ -237,25 +237,28 @@ def _prepare(folder: Path, spec: dict[str, Any], on_stale: OnStale) -> None:
 
 
 def score_completion(completion: str, gold: str, answer_format: AnswerFormat
-                     ) -> tuple[str | None, bool]:
-    """(extracted answer or None, whether it verifies against ``gold``)."""
+                     ) -> tuple[str | None, bool, Check | None]:
+    """(extracted answer or None, whether it verifies against ``gold``, how it was compared:
+    None when there was no answer to compare)."""
     if answer_format == "last_number":
         extracted = last_number(completion)
-        return extracted, is_correct_gsm8k(extracted, gold)
+        return extracted, is_correct_gsm8k(extracted, gold), "number" if extracted else None
     extracted = last_boxed(completion) if answer_format == "boxed" else extract_answer(completion)
     extracted = extracted or None  # an empty \boxed{} is no answer
-    return extracted, is_correct(extracted, gold)
+    return extracted, *verify_answer(extracted, gold)
 
 
 def _scored(row: dict[str, Any], sample_idx: int, generated: dict[str, Any],
             answer_format: AnswerFormat) -> dict[str, Any]:
     completion = generated["completion"] or ""
     if generated["finish_reason"] == "error":
-        extracted, verified = None, False
+        extracted, verified, verified_by = None, False, None
     else:
-        extracted, verified = score_completion(completion, row["answer"], answer_format)
+        extracted, verified, verified_by = score_completion(completion, row["answer"],
+                                                            answer_format)
     return row | {"sample_idx": sample_idx, "gen_id": f"{row['gen_pid']}/{sample_idx}",
                   "completion": completion, "extracted": extracted, "verified": verified,
+                  "verified_by": verified_by,
                   "judge": None, "correct": verified, "n_tokens": generated["n_tokens"],
                   "finish_reason": generated["finish_reason"], "error": generated["error"]}
 

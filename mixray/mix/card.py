@@ -2,7 +2,9 @@
 
 Requested shares are in the spec's unit; realised shares are reported in both samples and tokens,
 since a mix even in samples is far from even in tokens when one teacher writes 3x longer answers.
-The caller writes the card next to the manifest and logs it to MLflow.
+`ran_dry` lists the pools that were used up short of their share (manifest.py), each with the
+phase and by how much; the pool and phase entries say `ran_dry` too. The caller writes the card
+next to the manifest and logs it to MLflow.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import numpy as np
 import pyarrow as pa
 
 from mixray.config import LengthOrderSchedule, MixSpec
+from mixray.mix.sampler import Shortfall
 from mixray.mix.schedule import Segment, demand
 
 
 def data_card(table: pa.Table, spec: MixSpec, segs: list[Segment], budget: float,
-              pools: dict[str, pa.Table]) -> dict[str, Any]:
-    """The card without its content_hash (the builder adds it)."""
+              pools: dict[str, pa.Table], dry: list[Shortfall]) -> dict[str, Any]:
+    """The card without its content_hash (the builder adds it). `dry`: the pools that ran dry,
+    by sampler segment (a length curriculum's single segment is the whole run, phase None)."""
     pool = np.array(table["pool"].to_pylist(), dtype=object)
     tokens = table["n_tokens"].to_numpy().astype(np.int64)
     phase = table["phase"].to_numpy()
@@ -31,6 +35,8 @@ def data_card(table: pa.Table, spec: MixSpec, segs: list[Segment], budget: float
         "budget": {"requested": spec.budget, "resolved": budget, "realised": realised},
         "pools": {},
         "phases": [],
+        "ran_dry": [{"pool": s.pool, "phase": _dry_phase(s, spec), "short_by": s.short_by}
+                    for s in dry],
     }
     everything = np.ones(len(pool), dtype=bool)
     for name, source in pools.items():
@@ -40,10 +46,19 @@ def data_card(table: pa.Table, spec: MixSpec, segs: list[Segment], budget: float
             "requested_share": want[name], **_shares(everything, mine, tokens),
             "available_rows": source.num_rows, "distinct_rows": len(np.unique(rows)),
             "max_uses": int(np.unique(rows, return_counts=True)[1].max()) if len(rows) else 0,
+            "ran_dry": any(s.pool == name for s in dry),
         }
     card["phases"] = [_phase(i, segs, spec, pool, tokens, phase == i, list(pools))
                       for i in range(_phase_count(spec, segs))]
+    for entry in card["ran_dry"]:
+        if entry["phase"] is not None:
+            card["phases"][entry["phase"]]["pools"][entry["pool"]]["ran_dry"] = True
     return card
+
+
+def _dry_phase(s: Shortfall, spec: MixSpec) -> int | None:
+    # a length curriculum is mixed as one segment and then sorted: its phases are length slices
+    return None if isinstance(spec.schedule, LengthOrderSchedule) else s.phase
 
 
 def _phase_count(spec: MixSpec, segs: list[Segment]) -> int:
@@ -63,7 +78,8 @@ def _phase(i: int, segs: list[Segment], spec: MixSpec, pool: np.ndarray, tokens:
         "realised_fraction": _shares(total, inside, tokens)[share],
         "samples": int(inside.sum()), "tokens": int(tokens[inside].sum()),
         "pools": {name: {"requested_share": seg.mean_weight(name) if seg else None,
-                         **_shares(inside, inside & (pool == name), tokens)} for name in names},
+                         **_shares(inside, inside & (pool == name), tokens), "ran_dry": False}
+                  for name in names},
     }
 
 

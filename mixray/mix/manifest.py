@@ -5,12 +5,19 @@ The manifest is the list of rows training reads, in order (the loop takes global
 the schedule phase. It is a pure function of the pools' content and the spec (seed included), so
 a run resumed at step k rebuilds it and reads on from row k*G exactly as it would have
 (`Manifest.rows_from`). The content hash keys it by all of that.
+
+A pool that runs dry — used up before it has supplied its share of the budget so far, the others
+taking its place — is named in the card (`ran_dry`) and logged, or is a ValueError with
+`mix.on_pool_exhausted: error`. A pool used up on schedule (the scarcest one at the end of budget
+"all") is not running dry. `resolve_budget` refuses budgets beyond a pool's rows, so today this
+is a guard: a shortfall means a budget slipped past that check.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from dataclasses import dataclass
 
@@ -19,9 +26,18 @@ import pyarrow as pa
 
 from mixray.config import LengthOrderSchedule, MixSpec
 from mixray.mix.card import data_card
-from mixray.mix.sampler import Pick, PoolStreams, ProblemStream, Source, interleave, rng_for
+from mixray.mix.sampler import (
+    Pick,
+    PoolStreams,
+    ProblemStream,
+    Shortfall,
+    Source,
+    interleave,
+    rng_for,
+)
 from mixray.mix.schedule import Segment, demand, segments
 
+log = logging.getLogger(__name__)
 COLUMNS = ("problem_id", "prompt", "completion", "n_tokens")
 POOL_SCHEMA = pa.schema([("problem_id", pa.string()), ("prompt", pa.string()),
                          ("completion", pa.string()), ("n_tokens", pa.int64())])
@@ -51,18 +67,36 @@ def build_manifest(pools: dict[str, pa.Table], spec: MixSpec) -> Manifest:
     segs = segments(spec)
     source, problems = _source(tables, spec)
     budget = resolve_budget(spec, tables, segs, problems)
-    picks = interleave(segs, source, budget, whole=spec.unit == "samples",
-                       drain=spec.per_problem and spec.budget == "all")
+    picks, shortfalls = interleave(segs, source, budget, whole=spec.unit == "samples",
+                                   drain=spec.per_problem and spec.budget == "all")
     if not picks:
         sizes = {p: t.num_rows for p, t in tables.items()}
         raise ValueError(f"the mix is empty: mix.pools {spec.pools} over pools of {sizes} rows "
                          f"give no rows (budget {spec.budget!r})")
+    dry = ran_dry(shortfalls, tables, spec, budget)
     table = _assemble(tables, picks)
     if isinstance(spec.schedule, LengthOrderSchedule):
         table = _length_order(table, spec)
-    card = data_card(table, spec, segs, budget, tables)
+    card = data_card(table, spec, segs, budget, tables, dry)
     card["content_hash"] = content_hash(spec, tables, table)
     return Manifest(table, card)
+
+
+def ran_dry(shortfalls: list[Shortfall], tables: dict[str, pa.Table], spec: MixSpec,
+            budget: float) -> list[Shortfall]:
+    """The pools really short of their share of the budget (beyond float error, which the
+    budget checks allow too); ValueError on them when mix.on_pool_exhausted is "error", else a
+    warning."""
+    dry = [s for s in shortfalls if s.short_by > 1e-6 * max(1.0, budget)]
+    for s in dry:
+        what = (f"pool {s.pool!r} ran dry in phase {s.phase}: {s.short_by:.6g} {spec.unit} "
+                f"short of its share of the budget so far ({tables[s.pool].num_rows} rows, "
+                f"mix.max_repeats={spec.max_repeats}); the other pools took its place")
+        if spec.on_pool_exhausted == "error":
+            raise ValueError(f"{what}. Lower mix.budget, allow repetition (mix.max_repeats), or "
+                             "set mix.on_pool_exhausted: fill to accept it")
+        log.warning("mix: %s (mix.on_pool_exhausted: fill)", what)
+    return dry
 
 
 def _named_pools(pools: dict[str, pa.Table], spec: MixSpec) -> dict[str, pa.Table]:
@@ -192,7 +226,9 @@ def _column_digest(table: pa.Table) -> str:
 def content_hash(spec: MixSpec, tables: dict[str, pa.Table], table: pa.Table) -> str:
     """A key of everything the manifest is a function of (spec, pools' content) and of the
     manifest itself, so a change of any input gives another hash."""
-    h = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode())
+    # on_pool_exhausted never changes the manifest (it either stands or is an error): not a key
+    fields = spec.model_dump(mode="json", exclude={"on_pool_exhausted"})
+    h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
     for name, pool in tables.items():
         h.update(json.dumps([name, _column_digest(pool)]).encode())
     h.update(_column_digest(table.select(["pool", "row", "phase"])).encode())

@@ -7,6 +7,10 @@ segment greedily: the next row comes from the pool that lags its target most, me
 middle of that row, so every prefix of the manifest (hence every stretch of training, not just the
 whole run) holds the requested mix to within about one row per pool. Everything is a function of
 (pools, spec, seed): no global random state, no clock.
+
+A pool used up while its segment still draws rows is replaced by the others there; `interleave`
+reports each such case as a `Shortfall` (how far the pool fell behind its share of the budget so
+far), and the manifest builder decides what a shortfall means (manifest.py).
 """
 
 from __future__ import annotations
@@ -87,8 +91,20 @@ class Pick:
     cost: float
 
 
+@dataclass(frozen=True)
+class Shortfall:
+    """A pool that was used up in segment `phase` while the segment took other pools' rows in
+    its place. `short_by`: its share of the budget up to the segment's end, as the schedule
+    requests it, less what it supplied, in the mix's unit (<= 0 when it had supplied its share,
+    as the scarcest pool has when it is used up at the end of budget "all")."""
+
+    pool: str
+    phase: int
+    short_by: float
+
+
 def interleave(segs: list[Segment], source: Source, budget: float, whole: bool,
-               drain: bool = False) -> list[Pick]:
+               drain: bool = False) -> tuple[list[Pick], list[Shortfall]]:
     """Fill the segments in order up to `budget` (in the unit of the source's costs).
 
     Segment ends are absolute (`budget * seg.end`), so a row that overshoots one segment is taken
@@ -97,27 +113,41 @@ def interleave(segs: list[Segment], source: Source, budget: float, whole: bool,
     estimate of "all", as for per-problem mixes counted in tokens).
     """
     picks: list[Pick] = []
+    shortfalls: list[Shortfall] = []
     spent = 0.0
+    # Requested (of the budget, not of what was mixed: rows overshooting a segment's end must
+    # not put a pool behind) and supplied amounts so far. A pool that supplied more than its share
+    # in earlier segments is not behind when it runs out in a later one.
+    wanted = dict.fromkeys(segs[0].w0, 0.0)
+    supplied = dict.fromkeys(segs[0].w0, 0.0)
     for seg in segs:
         end = round(budget * seg.end) if whole else budget * seg.end
-        new = _fill(seg, source, end - spent, drain and seg is segs[-1])
+        new, dry = _fill(seg, source, end - spent, drain and seg is segs[-1])
         spent += sum(p.cost for p in new)
         picks += new
-    return picks
+        for pool in wanted:
+            wanted[pool] += budget * seg.fraction * seg.mean_weight(pool)
+        for p in new:
+            supplied[p.pool] += p.cost
+        shortfalls += [Shortfall(pool, seg.phase, wanted[pool] - supplied[pool])
+                       for pool in wanted if pool in dry]
+    return picks, shortfalls
 
 
-def _fill(seg: Segment, source: Source, size: float, drain: bool) -> list[Pick]:
+def _fill(seg: Segment, source: Source, size: float, drain: bool) -> tuple[list[Pick], set[str]]:
+    """The segment's picks, and the active pools that were used up while it still took rows."""
     used = dict.fromkeys(seg.w0, 0.0)
-    spent, picks = 0.0, []
+    spent, picks, dry = 0.0, [], set()
     while spent < size or drain:
         pool = _most_behind(seg, source, used, spent, size)
-        if pool is None:  # every pool of this segment is used up: only at the end of "all"
+        if pool is None:  # every pool of this segment is used up
             break
+        dry |= {p for p in used if seg.active(p) and source.cost(p) is None}
         cost = source.cost(pool)
         picks.append(Pick(pool, source.take(pool), seg.phase, cost))
         used[pool] += cost
         spent += cost
-    return picks
+    return picks, dry
 
 
 def _most_behind(seg: Segment, source: Source, used: dict[str, float], spent: float,

@@ -80,14 +80,15 @@ def build_examples(
 ) -> tuple[list[Example], list[int], DataStats]:
     """Encode manifest rows -> (kept examples, their manifest row numbers, stats).
 
-    ValueError when more than max_dropped_fraction of the rows were truncated or dropped.
+    ValueError when more than max_dropped_fraction of the rows were truncated or dropped, or when
+    a row's pool is not one of `pools` (`_pool_of`).
     """
     pool_index = {p: i for i, p in enumerate(pools)}
     kept, where = [], []
     truncated = dropped_overlong = dropped_empty = 0
     for i, r in enumerate(rows):
         ex = encode(tokenizer, system, r["prompt"], r["completion"], max_length,
-                    pool_index.get(r.get("pool"), 0))
+                    _pool_of(r, i, pool_index))
         if ex.truncated and overlong == "drop":
             dropped_overlong += 1
         elif all(lab == IGNORE for lab in ex.labels):  # the prompt alone fills max_length
@@ -106,6 +107,20 @@ def build_examples(
             f"{max_dropped_fraction:g} = {max_dropped_fraction * stats.rows:.1f} rows; raise "
             f"train.max_length or train.max_dropped_fraction")
     return kept, where, stats
+
+
+def _pool_of(row: dict, at: int, pool_index: dict[str, int]) -> int:
+    """The row's index into the run's pools. No pools: no per-pool accounting, all rows are 0.
+    One pool: a row without a label belongs to it. Otherwise the label must name a run's pool,
+    since a wrong index would book the row's loss to another teacher."""
+    label = row.get("pool")
+    if not pool_index or (label is None and len(pool_index) == 1):
+        return 0
+    if label not in pool_index:
+        what = "has no pool" if label is None else f"has pool {label!r}"
+        raise ValueError(f"manifest row {at} {what}, but the run's pools are "
+                         f"{sorted(pool_index)}; every row must name one of them")
+    return pool_index[label]
 
 
 def pack_greedy(lengths: Sequence[int], capacity: int, phases: Sequence[int] | None = None,

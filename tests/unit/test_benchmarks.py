@@ -292,12 +292,13 @@ def test_reasoning_gym_sets_avoid_training_problems() -> None:
 
 
 @pytest.mark.parametrize(("completion", "gold", "fmt", "expected"), [
-    ("so \\boxed{\\frac{1}{2}}", "0.5", "boxed", ("\\frac{1}{2}", True)),
-    ("the answer is 0.5", "0.5", "boxed", (None, False)),        # the paper: no box, no answer
-    ("the answer is 0.5", "0.5", "lenient", ("0.5", True)),
-    ("empty \\boxed{} box", "3", "boxed", (None, False)),
-    ("She pays $1,234.50 in total.", "1234.5", "last_number", ("1234.50", True)),
-    ("I do not know.", "7", "last_number", (None, False)),
+    ("so \\boxed{\\frac{1}{2}}", "0.5", "boxed", ("\\frac{1}{2}", True, "math_verify")),
+    ("the answer is 0.5", "0.5", "boxed", (None, False, None)),  # the paper: no box, no answer
+    ("the answer is 0.5", "0.5", "lenient", ("0.5", True, "math_verify")),
+    ("empty \\boxed{} box", "3", "boxed", (None, False, None)),
+    ("She pays $1,234.50 in total.", "1234.5", "last_number", ("1234.50", True, "number")),
+    ("I do not know.", "7", "last_number", (None, False, None)),
+    ("so \\boxed{\\$}", "3", "boxed", ("\\$", False, "string")),  # math-verify parses nothing
 ])
 def test_score_completion_by_format(completion: str, gold: str, fmt: str, expected) -> None:
     assert stage.score_completion(completion, gold, fmt) == expected

@@ -64,3 +64,29 @@ def test_score_and_stats() -> None:
 def test_score_names_missing_columns() -> None:
     with pytest.raises(ValueError, match="answer"):
         score(_generations().drop(["answer"]))
+
+
+@pytest.mark.parametrize(("predicted", "gold", "expected"), [
+    ("\\frac{1}{2}", "0.5", (True, "math_verify")),
+    ("7", "8", (False, "math_verify")),
+    ("}", "}", (True, "string")),  # math-verify parses neither side: the text decides
+    ("$", "3", (False, "string")),
+    (None, "3", (False, None)),  # nothing to compare
+    ("1" * 400, "1", (False, None)),  # too long to parse: wrong, not compared
+])
+def test_verify_answer_says_how_it_decided(predicted, gold, expected) -> None:
+    from mixray.curate.verify import verify_answer
+
+    assert verify_answer(predicted, gold) == expected
+    assert is_correct(predicted, gold) is expected[0]
+
+
+def test_curation_counts_answers_compared_as_text() -> None:
+    table = _generations()
+    table = table.set_column(table.schema.get_field_index("completion"), "completion",
+                             pa.array(["\\boxed{2}", "\\boxed{\\$}", "no idea", "so 5"]))
+    scored = score(table)
+    assert scored["correct"].to_pylist() == [True, False, False, True]
+    assert scored["verified_by"].to_pylist() == ["math_verify", "string", None, "math_verify"]
+    s = stats(scored)
+    assert s["string_fallback"] == 1 and s["string_fallback_rate"] == 0.25

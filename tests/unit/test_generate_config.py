@@ -184,6 +184,7 @@ def test_curation_stats_count_problems_and_samples() -> None:
     scored = pa.table({"problem_id": ["a", "a", "a", "b", "b", "b"],
                        "correct": [False, True, True, False, False, False],
                        "extracted": ["1", "2", "2", None, "3", "3"],
+                       "verified_by": ["math_verify"] * 3 + [None] + ["string"] * 2,
                        "finish_reason": ["stop"] * 5 + ["error"],
                        "n_tokens": pa.array([4, 5, 6, 7, 8, 0], pa.int64())})
     s = stats(scored)

@@ -176,3 +176,77 @@ def test_validation_problems_are_held_out_of_every_mix_and_shared_by_all() -> No
     assert set(split_validation(pools, 5, seed=4)[1]["problem_id"].to_pylist()) != held
     with pytest.raises(ValueError, match="only 30 problems have a response in every pool"):
         split_validation(pools, 31, seed=3)
+
+
+# --- pools that run dry ------------------------------------------------------------------------
+
+def _ones(n: int) -> np.ndarray:
+    return np.ones(n, np.int64)
+
+
+def test_the_sampler_reports_a_pool_used_up_short_of_its_share_of_the_budget() -> None:
+    from mixray.mix.sampler import PoolStreams, Shortfall, interleave
+    from mixray.mix.schedule import segments
+
+    two = spec(pools={"long": 1, "short": 1}, schedule={"kind": "phases", "phases": [
+        {"fraction": 0.5}, {"fraction": 0.5}]})
+    source = PoolStreams({"long": _ones(3), "short": _ones(100)}, repeats=1, seed=0)
+    picks, short = interleave(segments(two), source, budget=20, whole=True)
+    assert len(picks) == 20 and sum(p.pool == "long" for p in picks) == 3
+    # long owes 5 rows by the end of phase 0 and 10 by the end of phase 1; it has 3
+    assert short == [Shortfall("long", 0, 2.0), Shortfall("long", 1, 7.0)]
+    # 10 rows are long's share exactly: used up near the end, but never behind
+    enough = PoolStreams({"long": _ones(10), "short": _ones(100)}, repeats=1, seed=0)
+    assert all(s.short_by <= 0 for s in interleave(segments(two), enough, 20, whole=True)[1])
+
+
+def test_the_scarcest_pool_used_up_at_the_end_of_budget_all_did_not_run_dry() -> None:
+    """Long rows overshoot long's phases, so long is used up early in its last phase and short
+    fills the rest of it; long has supplied all the budget asks of it, though."""
+    pools = {"long": pool("long", 10, 400), "short": pool("short", 3000, 4)}
+    weights = [{"long": 1, "short": 0.01}, {"short": 1}] * 2 + [{"long": 1, "short": 0.01}]
+    mix = spec(pools={"long": 1, "short": 1}, unit="tokens", on_pool_exhausted="error",
+               schedule={"kind": "phases",
+                         "phases": [{"fraction": 0.2, "weights": w} for w in weights]})
+    m = build_manifest(pools, mix)
+    assert m.card["pools"]["long"]["distinct_rows"] == 10  # used up
+    last = m.card["phases"][-1]["pools"]
+    assert last["long"]["tokens"] < 0.9 * last["long"]["requested_share"] * m.card["phases"][-1][
+        "tokens"]  # short took part of long's place there
+    assert m.card["ran_dry"] == [] and not m.card["pools"]["long"]["ran_dry"]
+
+
+@pytest.fixture
+def budget_past_the_checks(monkeypatch):
+    """A budget of 20 rows whatever the pools hold, as if it had slipped past resolve_budget."""
+    import mixray.mix.manifest as manifest
+
+    monkeypatch.setattr(manifest, "resolve_budget", lambda *args: 20.0)
+
+
+def test_a_pool_that_ran_dry_is_on_the_card_or_an_error(budget_past_the_checks) -> None:
+    pools = {"long": pool("long", 3, 300), "short": pool("short", 100, 100)}
+    fill = build_manifest(pools, spec(pools={"long": 1, "short": 1}, budget=20))
+    card = fill.card
+    assert card["ran_dry"] == [{"pool": "long", "phase": 0, "short_by": 7.0}]
+    assert card["pools"]["long"]["ran_dry"] and not card["pools"]["short"]["ran_dry"]
+    assert card["phases"][0]["pools"]["long"]["ran_dry"]
+    assert counts(fill) == {"long": 3, "short": 17}  # the others filled in, as before
+    with pytest.raises(ValueError, match=r"pool 'long' ran dry in phase 0: 7 samples short"):
+        build_manifest(pools, spec(pools={"long": 1, "short": 1}, budget=20,
+                                   on_pool_exhausted="error"))
+
+
+def test_on_pool_exhausted_is_not_part_of_the_manifest_key() -> None:
+    """It never changes a manifest: either the same rows or an error."""
+    a = build_manifest(POOLS, spec(pools={"long": 1, "short": 4}))
+    b = build_manifest(POOLS, spec(pools={"long": 1, "short": 4}, on_pool_exhausted="error"))
+    assert a.content_hash == b.content_hash and a.table.equals(b.table)
+
+
+def test_on_pool_exhausted_takes_fill_or_error() -> None:
+    from pydantic import ValidationError
+
+    assert MixSpec().on_pool_exhausted == "fill"
+    with pytest.raises(ValidationError, match="on_pool_exhausted"):
+        spec(on_pool_exhausted="skip")

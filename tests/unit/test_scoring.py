@@ -82,7 +82,8 @@ def test_mean_and_stderr_known_case() -> None:
 
 
 def test_mean_and_stderr_single_value_and_empty() -> None:
-    assert mean_and_stderr([0.25]) == (0.25, 0.0)
+    mean, stderr = mean_and_stderr([0.25])  # one value: its error is unknown, not 0
+    assert mean == 0.25 and math.isnan(stderr)
     with pytest.raises(ValueError):
         mean_and_stderr([])
 
@@ -154,3 +155,37 @@ def test_average_over_benchmarks_is_unweighted() -> None:
         average_over_benchmarks({})
     with pytest.raises(ValueError, match="gsm8k"):
         average_over_benchmarks({"gsm8k": {"n_problems": 3}})
+
+
+@pytest.mark.parametrize("unknown", [{}, {"accuracy_stderr": None},
+                                     {"accuracy_stderr": math.nan}])
+def test_an_unknown_benchmark_error_makes_the_average_error_unknown(unknown) -> None:
+    """Not 0: that would make P look more precise than the benchmarks it averages."""
+    from mixray.evaluate.scoring import average_metrics
+
+    per = {"math": {"accuracy": 0.6, "accuracy_stderr": 0.03}, "aime": {"accuracy": 0.2} | unknown}
+    avg = average_metrics(per)
+    assert avg["accuracy"] == pytest.approx(0.4) and math.isnan(avg["accuracy_stderr"])
+    known = average_metrics({"math": per["math"],
+                             "aime": {"accuracy": 0.2, "accuracy_stderr": 0.04}})
+    assert known["accuracy_stderr"] == pytest.approx(0.025)
+
+
+def test_a_one_problem_benchmark_has_an_unknown_error_and_prints_as_such() -> None:
+    from mixray.evaluate.__main__ import format_summary
+    from mixray.evaluate.scoring import average_metrics
+
+    m = benchmark_metrics([_row("a", 0, "2", True)]) | {"bad_rows": 0}
+    assert m["accuracy"] == 1.0 and math.isnan(m["accuracy_stderr"])
+    avg = average_metrics({"one": m})
+    assert math.isnan(avg["accuracy_stderr"])
+    table = format_summary({"benchmarks": {"one": m}, "average": avg, "n_samples": 1})
+    assert "± 0.000" not in table and "1.000 ± nan" in table
+
+
+def test_benchmark_metrics_count_answers_compared_as_text() -> None:
+    rows = [r | {"verified_by": by} for r, by in zip(
+        _rows(), ["math_verify", "string", "math_verify", "math_verify", "string", "string",
+                  "math_verify", None], strict=True)]
+    assert benchmark_metrics(rows)["string_fallback"] == 3
+    assert "string_fallback" not in benchmark_metrics(_rows())  # rows that do not say

@@ -178,3 +178,37 @@ def test_validation_loss_is_the_mean_of_per_pool_token_losses(tmp_path) -> None:
     assert got["val_loss/short"] == pytest.approx(want["short"], rel=1e-4)
     assert got["val_loss"] == pytest.approx((want["long"] + want["short"]) / 2, rel=1e-4)
     assert model.training  # Validation.losses puts the model back in training mode
+
+
+# --- pool labels -----------------------------------------------------------------------------
+
+def test_each_row_gets_the_index_of_its_pool(tokenizer) -> None:
+    rows = [{"prompt": "q", "completion": "a", "pool": p} for p in ("short", "long", "short")]
+    kept, _, _ = build_examples(tokenizer, rows, system="", max_length=64, overlong="truncate",
+                                max_dropped_fraction=0.0, pools=["long", "short"])
+    assert [e.pool for e in kept] == [1, 0, 1]
+
+
+@pytest.mark.parametrize(("row_pool", "message"), [
+    ("large", r"manifest row 1 has pool 'large', but the run's pools are \['long', 'short'\]"),
+    (None, r"manifest row 1 has no pool, but the run's pools are \['long', 'short'\]"),
+])
+def test_a_row_outside_the_runs_pools_is_an_error(tokenizer, row_pool, message) -> None:
+    """Not pool 0: its loss would count as the long teacher's."""
+    rows = [{"prompt": "q", "completion": "a", "pool": "short"},
+            {"prompt": "q", "completion": "a", "pool": row_pool}]
+    with pytest.raises(ValueError, match=message):
+        build_examples(tokenizer, rows, system="", max_length=64, overlong="truncate",
+                       max_dropped_fraction=0.0, pools=["long", "short"])
+
+
+def test_unlabelled_rows_belong_to_a_single_pool_or_to_none(tokenizer) -> None:
+    """The loop's manifest without a pool column has the one pool "all"; no pools at all means
+    no per-pool accounting, whatever the rows say."""
+    rows = [{"prompt": "q", "completion": "a"}, {"prompt": "q", "completion": "a", "pool": "x"}]
+    kept, _, _ = build_examples(tokenizer, rows[:1], system="", max_length=64,
+                                overlong="truncate", max_dropped_fraction=0.0, pools=["all"])
+    assert [e.pool for e in kept] == [0]
+    kept, _, _ = build_examples(tokenizer, rows, system="", max_length=64, overlong="truncate",
+                                max_dropped_fraction=0.0)
+    assert [e.pool for e in kept] == [0, 0]

@@ -1,0 +1,40 @@
+"""The sweep's printed summary says what is unknown or went short: an unknown standard error is
+not shown as 0, and a trial whose mix had a pool run dry says so."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from mixray.config import load_sweep
+from mixray.sweep import format_summary
+
+SMOKE = Path(__file__).parents[2] / "sweeps" / "smoke.yaml"
+
+
+def _summary(trials: list[dict]) -> dict:
+    return {"trials": trials, "gaps": [], "timings_s": {}, "stages": {}, "summary_path": "-",
+            "mlflow": {"parent_run_id": "p"}, "disk": {"run_root": "runs", "bytes": 0}}
+
+
+def _trial(name: str, student: str, share: float, **metrics) -> dict:
+    return {"trial": name, "student": student, "params": {"long_share": share},
+            "long_share": share, "resumed": False, "error": None, "stopped_early": False,
+            "mix_rows": 48, "mix_pools_ran_dry": 0, "train_loss": 1.5, "eval_accuracy": 0.25,
+            "eval_accuracy_stderr": 0.05} | metrics
+
+
+def test_summary_shows_unknown_errors_and_pools_that_ran_dry() -> None:
+    cfg = load_sweep(SMOKE, [])
+    student = cfg.students[0]
+    text = format_summary(cfg, _summary([
+        _trial("ok", student, 0.0),
+        # read back from MLflow on --resume: counts are floats
+        _trial("short", student, 0.2, mix_rows=40.0, mix_pools_ran_dry=1.0,
+               eval_accuracy_stderr=math.nan),
+    ]))
+    ok, short = (next(ln for ln in text.splitlines() if ln.strip().startswith(name + " "))
+                 for name in ("ok", "short"))
+    assert "48 " in ok and "dry" not in ok and "0.250 ± 0.050" in ok
+    assert "40 (1 dry)" in short and "0.250 ± nan" in short and "± 0.000" not in short
+    assert "pools ran dry (the others filled in) in short" in text
