@@ -26,8 +26,8 @@ class StderrHandler(logging.StreamHandler):
 def configure(level: int = logging.INFO) -> None:
     """Show mixray's INFO lines (progress, summaries); idempotent, so workers may call it freely."""
     logger = logging.getLogger("mixray")
-    if logger.handlers:
-        return
+    if any(isinstance(h, StderrHandler) for h in logger.handlers):
+        return  # another's handler (pytest's capture, a user's) must not stop ours
     handler = StderrHandler()
     handler.setFormatter(FORMAT)
     logger.addHandler(handler)
