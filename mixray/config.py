@@ -715,6 +715,14 @@ class TrainConfig(Strict):
         None, ge=1, description="DeepSpeed checkpoint every N steps (and always at the end)."
     )
     max_failures: int = Field(0, ge=0, description="Worker failures a run survives, resuming.")
+    keep_checkpoints: Literal["resume", "all"] = Field(
+        "resume", description="Which DeepSpeed checkpoints (ZeRO optimizer state: 2.6 GB per "
+        "SmolLM2-135M trial) stay on disk. resume: the latest two while a run trains, so a dead "
+        "worker, a failed trial (sweep --resume) or a torchrun rerun resumes; once a run has "
+        "finished (trained, exported, evaluated), only the exported student and its records; a "
+        "trial stopped early keeps nothing. all: every checkpoint stays. Changes disk use only, "
+        "never an artifact or a cache or resume key.",
+    )
     eval_every: int | None = Field(
         None, ge=1, description="Steps between validation losses (val_loss, val_loss/<pool>) on "
         "mix.validation_problems; also computed at the last step and where ASHA judges a trial. "

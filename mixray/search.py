@@ -33,8 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 SEARCHABLE = ("mix.", "train.", "evaluate.")
 LONG_SHARE = "mix.long_share"
-# Placement, not science: a trial's resources are fixed so that concurrency can be derived.
-NOT_SEARCHABLE = ("train.num_workers",)
+# Placement, not science: a trial's resources are fixed so that concurrency can be derived;
+# what stays on disk (train.keep_checkpoints) is the sweep's, not a trial's, choice.
+NOT_SEARCHABLE = ("train.num_workers", "train.keep_checkpoints")
 
 
 class _Strict(BaseModel):

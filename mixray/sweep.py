@@ -19,7 +19,7 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
-from mixray import cluster, logs, models
+from mixray import cluster, disk, logs, models
 from mixray.config import SweepConfig, SweepFileError, load_sweep
 
 log = logging.getLogger("mixray")
@@ -179,6 +179,32 @@ def run_upstream(cfg: SweepConfig, timings: dict[str, float]) -> dict[str, Any]:
     return up
 
 
+def prepare(cfg: SweepConfig, timings: dict[str, float]) -> tuple[SweepConfig, dict[str, Any]]:
+    """Check that the sweep fits the cluster, then run everything before the trials; returns
+    the sweep with its run root resolved (trial processes run in other working directories)
+    and `run_upstream`'s results. Raises GenerationFailed when a teacher fails too often."""
+    cfg = cfg.model_copy(update={"run_root": str(cfg.run_root_path)})
+    check_resources(cfg, cluster.capacity())
+    return cfg, run_upstream(cfg, timings)
+
+
+def format_stages(stages: dict[str, Any]) -> str:
+    """One line per teacher: rows generated (or reused), failed rows, and what curation kept."""
+    lines = []
+    for key, gen in stages.items():
+        if not key.startswith("generate."):
+            continue
+        label = key.removeprefix("generate.")
+        cur = stages[f"curate.{label}"]["stats"]
+        made = ("reused" if gen["cached"] else
+                f"{gen['stats']['rows']} generated, {gen['stats']['resumed_rows']} resumed")
+        lines.append(f"teacher {label}: {cur['rows']} rows ({made}), "
+                     f"{round(cur['error_rate'] * cur['rows'])} failed "
+                     f"({100 * cur['error_rate']:.1f}%), {cur['accepted']} correct "
+                     f"({100 * cur['acceptance_rate']:.0f}%), {gen['path']}")
+    return "\n".join(lines)
+
+
 def _trial_rows(cfg: SweepConfig, outcomes: list[dict[str, Any]],
                 done: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One summary row per trial: finished before (resumed), run now (finished, failed or
@@ -250,16 +276,19 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
     import ray
 
     from mixray import tracking
-    from mixray.tune import SweepContext, run_tune
+    from mixray.generate.stage import GenerationFailed
+    from mixray.tune import SweepContext, discard_stopped, run_tune
 
     assert ray.is_initialized(), "connect to Ray first (the CLI or a test fixture does)"
-    # Resolve the run root here, once: trial processes run in other working directories.
     cfg = cfg.model_copy(update={"run_root": str(cfg.run_root_path)})
-    check_resources(cfg, cluster.capacity())
     inv = Invocation.latest_unfinished(cfg) if resume else Invocation.new(cfg)
     inv.save("running")
     timings: dict[str, float] = {}
-    up = run_upstream(cfg, timings)
+    try:
+        cfg, up = prepare(cfg, timings)
+    except GenerationFailed:
+        inv.save("failed")  # --resume continues it; the generation keeps its finished rows
+        raise
 
     done: dict[str, dict[str, float]] = {}
     if inv.parent_run_id:
@@ -280,6 +309,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
     try:
         outcomes = run_tune(ctx, todo, done) if cfg.n_trials() > len(done) else []
         _close_stopped(cfg, inv.parent_run_id, outcomes)
+        discard_stopped(ctx, outcomes)
         trials = _trial_rows(cfg, outcomes, done)
         gaps = sweep_gaps(cfg, inv.parent_run_id)
         tracking.log_gaps(cfg, inv.parent_run_id, gap_metrics(gaps))
@@ -292,7 +322,10 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
     summary = {"invocation": inv.id, "status": status, "stages": up["stages"], "trials": trials,
                "gaps": [_gap_dict(g) for g in gaps], "timings_s": timings,
                "mlflow": {"tracking_uri": cfg.tracking_uri, "experiment": cfg.experiment,
-                          "parent_run_id": inv.parent_run_id}}
+                          "parent_run_id": inv.parent_run_id},
+               # the whole run root, other sweeps' runs included: what this disk holds now
+               "disk": {"run_root": str(cfg.run_root_path),
+                        "bytes": disk.tree_size(cfg.run_root_path)}}
     (inv.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     summary["summary_path"] = str(inv.dir / "summary.json")
     return summary
@@ -308,6 +341,13 @@ def _gap_dict(g: Any) -> dict[str, Any]:
 
 def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _mix_text(trial: dict[str, Any]) -> str:
+    """The mix's rows, and how many of its pools ran dry (.0f: MLflow gives resumed counts back
+    as floats)."""
+    dry = trial.get("mix_pools_ran_dry")
+    return _fmt(trial["mix_rows"], ".0f") + (f" ({dry:.0f} dry)" if dry else "")
 
 
 def _params_text(params: dict[str, Any]) -> str:
@@ -328,12 +368,15 @@ def format_summary(cfg: SweepConfig, summary: dict[str, Any]) -> str:
             status = ("FAILED" if t["error"] else "stopped early" if t["stopped_early"]
                       else "resumed" if t["resumed"] else "ok")
             rows.append((t["trial"], _params_text(t["params"]), f"{t['long_share']:g}",
-                         _fmt(t["mix_rows"], "d"), _fmt(t["train_loss"], ".4f"),
+                         _mix_text(t), _fmt(t["train_loss"], ".4f"),
                          _fmt(t["eval_accuracy"], ".3f") + " ± " +
                          _fmt(t["eval_accuracy_stderr"], ".3f"), status))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = [f"student {student}:"] + ["  " + "  ".join(c.ljust(w) for c, w in zip(
             r, widths, strict=True)) for r in rows]
+        if dry := [t["trial"] for t in trials if t.get("mix_pools_ran_dry")]:
+            lines.append(f"  pools ran dry (the others filled in) in {', '.join(dry)}: see "
+                         "ran_dry in their data_card.json, or set mix.on_pool_exhausted: error")
         scored = [t for t in trials if t["eval_accuracy"] is not None]
         if scored:
             best = max(scored, key=lambda t: t["eval_accuracy"])
@@ -350,7 +393,10 @@ def format_summary(cfg: SweepConfig, summary: dict[str, Any]) -> str:
     store = cfg.tracking_uri
     ui = (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri {store} "
           f"--workers 1 --host 127.0.0.1 --port 5000   # then open http://127.0.0.1:5000")
-    return ("\n" + "\n\n".join(blocks) + f"\n\ntime: {stages}\nsummary: {summary['summary_path']}\n"
+    size = f"run root: {summary['disk']['run_root']} {disk.human_size(summary['disk']['bytes'])}"
+    return ("\n" + format_stages(summary["stages"]) + "\n\n" + "\n\n".join(blocks)
+            + f"\n\ntime: {stages}\n{size}\n"
+            f"summary: {summary['summary_path']}\n"
             f"MLflow experiment {cfg.experiment!r}, "
             f"parent run {summary['mlflow']['parent_run_id']}."
             f"\nOpen the UI:\n  {ui}\nComparison report (HTML + figures):\n"
@@ -365,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override any key of the sweep file (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="validate, print the plan, exit")
+    parser.add_argument("--upstream-only", action="store_true",
+                        help="generate and curate the teachers' pools (cached as usual), print "
+                        "what each holds, and stop before the trials")
     parser.add_argument("--resume", action="store_true",
                         help="continue the latest interrupted run of this sweep: same MLflow "
                         "parent, finished trials are not rerun")
@@ -380,16 +429,25 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import ray
 
+    from mixray.generate.stage import GenerationFailed
+
     for key, value in worker_env().items():
         os.environ.setdefault(key, value)
     start = time.perf_counter()
     # RAY_ADDRESS (set by `ray job submit`) makes this connect to the cluster; else a local one.
     ray.init(runtime_env={"env_vars": worker_env()}, log_to_driver=True)
     try:
+        if args.upstream_only:
+            _, up = prepare(cfg, {})
+            print(format_stages(up["stages"]))
+            return 0
         summary = run_sweep(cfg, resume=args.resume)
     except ValueError as e:  # a mistake found once Ray is up: resources, --resume, empty pools
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except GenerationFailed as e:  # too many failed rows: kept uncommitted, a rerun retries them
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: python -m mixray.sweep {args.sweep} --resume",
               file=sys.stderr)

@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "mixray.trial"
 PARAMS_TAG = "mixray.params"  # the trial's search values as JSON (Optuna is told them on resume)
-SUMMARY_METRICS = ("mix_rows", "train_loss", "eval_accuracy", "eval_accuracy_stderr",
-                   "eval_tokens_mean")
+SUMMARY_METRICS = ("mix_rows", "mix_pools_ran_dry", "train_loss", "eval_accuracy",
+                   "eval_accuracy_stderr", "eval_tokens_mean")
 MAX_PARAM_CHARS = 500  # MLflow's limit is 6000; long values are shortened, not refused
 
 

@@ -30,13 +30,13 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from mixray import cluster, logs, tracking
+from mixray import cluster, disk, logs, tracking
 from mixray.config import TRIAL_CPU, SweepConfig
 from mixray.evaluate import evaluate_model
 from mixray.mix.manifest import Manifest, build_manifest
 from mixray.mix.validation import split_validation
 from mixray.search import Domain, trial_name
-from mixray.train.launch import train_from_config
+from mixray.train.launch import keep_only_student, train_from_config
 
 log = logging.getLogger(__name__)
 COMPLETE = "mixray_trial_complete"  # on a trial's last report only; absent: stopped early
@@ -76,7 +76,7 @@ def run_trial(trial: dict[str, Any], ctx: SweepContext) -> dict[str, float]:
             cpus_per_worker=cfg.resources.cpus_per_train_worker,
             gpus_per_worker=cfg.resources.gpus_per_train_worker,
             storage=cfg.run_root_path / "train",
-            name=f"{ctx.invocation}-{trial['name']}", callbacks=[TuneReportCallback()],
+            name=train_run_dir(ctx, trial["name"]).name, callbacks=[TuneReportCallback()],
             report_steps=_rung_steps(ctx.cfg),  # the sweep's: a trial's cfg has no search
         )
         t2 = time.perf_counter()
@@ -88,14 +88,41 @@ def run_trial(trial: dict[str, Any], ctx: SweepContext) -> dict[str, float]:
         t3 = time.perf_counter()
         metrics |= {k: v for k, v in history[-1].items() if k.startswith("val_loss")}
         metrics |= {"train_loss": history[-1]["train_loss"], "train_steps": len(history),
-                    "mix_rows": manifest.card["rows"], "time_mix_s": t1 - t0,
+                    "mix_rows": manifest.card["rows"],
+                    # pools the others had to stand in for (data_card.json says where, how much)
+                    "mix_pools_ran_dry": len({d["pool"] for d in manifest.card["ran_dry"]}),
+                    "time_mix_s": t1 - t0,
                     "time_train_s": t2 - t1, "time_eval_s": t3 - t2}
         metrics["time_trial_s"] = time.perf_counter() - started  # MLflow's own logging excepted
         tracking.finish_child(cfg, run_id, history, metrics, manifest.card, out / "eval")
-        return metrics
     except BaseException:
         tracking.fail_child(cfg, run_id, traceback.format_exc())
         raise
+    # Only now: a trial that fails before this point is rerun by --resume, and its Train run
+    # (the same name) resumes from these checkpoints, even after a failed evaluation.
+    if cfg.train.keep_checkpoints == "resume":
+        keep_only_student(model_dir)
+    return metrics
+
+
+def train_run_dir(ctx: SweepContext, trial: str) -> Path:
+    """Where Ray Train keeps a trial's run: the same on --resume (same invocation), so a failed
+    trial resumes from its checkpoints."""
+    return ctx.cfg.run_root_path / "train" / f"{ctx.invocation}-{trial}"
+
+
+def discard_stopped(ctx: SweepContext, outcomes: list[dict[str, Any]]) -> None:
+    """Delete the checkpoints of the trials the scheduler stopped (train.keep_checkpoints:
+    resume): they hold no exported student, and a stop is a verdict, not a failure to resume
+    from. Should a --resume of a sweep that failed elsewhere rerun one, it trains from step 0
+    (the data order is a function of the step: the same run)."""
+    if ctx.cfg.train.keep_checkpoints != "resume":
+        return
+    for o in outcomes:
+        if o["stopped_early"]:
+            freed = disk.remove(train_run_dir(ctx, o["name"]))
+            log.info("trial %s stopped early: freed %s of checkpoints", o["name"],
+                     disk.human_size(freed))
 
 
 def _write_manifest(cfg: SweepConfig, pools: dict[str, str], out: Path) -> Manifest:

@@ -8,9 +8,11 @@ sweep file, whose `train:` section is taken. num_workers is the torchrun world s
 another value is an error). On a machine with GPUs each rank takes the one at its LOCAL_RANK
 (NCCL for the model, gloo for the loop's CPU tensors); otherwise all is gloo on CPU. Written under
 --out: checkpoints/step<N>/ (DeepSpeed, the latest two), and at the end model/ (the student as a
-plain HF folder, LoRA merged), history.json, params.json, data_stats.json. Run again with the same
---out, or let torchrun restart it (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --max-restarts N;
-see check_restartable), to resume from the latest checkpoint.
+plain HF folder, LoRA merged), history.json, params.json, data_stats.json; then checkpoints/ is
+deleted, unless train.keep_checkpoints is all. Run again with the same --out, or let torchrun
+restart it (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --max-restarts N; see
+check_restartable), to resume from the latest checkpoint; a finished run, run again, says so and
+exits (with keep_checkpoints: all it resumes from its last checkpoint, e.g. to train longer).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from mixray import logs, models
+from mixray import disk, logs, models
 from mixray.config import TrainConfig
 
 log = logging.getLogger("mixray.train")
@@ -92,6 +94,11 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if finished(args.out):
+        if int(os.environ.get("RANK", "0")) == 0:
+            log.info("%s holds a finished run (student at %s): nothing to do; use another --out "
+                     "to train again", args.out, args.out / "model")
+        return
 
     import torch.distributed as dist
 
@@ -114,9 +121,28 @@ def main(argv: list[str] | None = None) -> None:
         train(loop_args, reporter)
         if dist.get_rank() == 0:
             _publish(reporter.checkpoints()[-1], args.out)
+            if t.keep_checkpoints == "resume":
+                _drop_checkpoints(reporter.dir)
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def finished(out: Path) -> bool:
+    """Whether `out` holds a run that finished with its checkpoints deleted (the default): its
+    student and records are published and there is nothing to resume from."""
+    return ((out / "model").is_dir() and (out / "history.json").exists()
+            and not (out / "checkpoints").exists())
+
+
+def _drop_checkpoints(folder: Path) -> None:
+    """Delete a finished run's checkpoints. Renamed first (atomic), so that a delete cut short
+    leaves a trash folder, never a half-deleted checkpoint a rerun would try to resume from."""
+    trash = folder.with_name(f".{folder.name}-deleted")
+    disk.remove(trash)  # left by an earlier delete cut short, if any
+    folder.rename(trash)
+    log.info("freed %s of checkpoints (train.keep_checkpoints: resume)",
+             disk.human_size(disk.remove(trash)))
 
 
 def _publish(final: Path, out: Path) -> None:

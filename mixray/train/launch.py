@@ -27,6 +27,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from mixray.config import TrainConfig
+from mixray.disk import human_size, remove
 from mixray.train.loop import LoopArgs, train
 from mixray.train.reporting import KEEP_CHECKPOINTS
 
@@ -145,3 +146,20 @@ def train_student(
     log.info("train %s: %d steps, final loss %.4f, data %s", name, len(history),
              history[-1]["train_loss"], stats)
     return ckpt / "model", history
+
+
+def keep_only_student(model_dir: Path) -> int:
+    """For a finished run (train.keep_checkpoints: resume): delete its DeepSpeed state, keep the
+    student. `model_dir` is what train_student returned, <storage>/<name>/<final checkpoint>/model:
+    it and the final checkpoint's JSON records (history, params, data stats, loop args) stay where
+    they are, so paths recorded by the evaluation still hold; the other checkpoints of the run and
+    the rest of the final one (step<N>/ with the ZeRO shards, DeepSpeed's latest and scripts) go.
+    Ray's own run state beside them (a few KB) stays. Returns the bytes freed."""
+    final = model_dir.parent
+    assert model_dir.name == "model" and final.name.startswith("checkpoint_"), model_dir
+    doomed = [p for p in final.parent.iterdir()
+              if p.is_dir() and p.name.startswith("checkpoint_") and p != final]
+    doomed += [p for p in final.iterdir() if p != model_dir and p.suffix != ".json"]
+    freed = sum(remove(p) for p in doomed)
+    log.info("kept the student %s; freed %s of checkpoints", model_dir, human_size(freed))
+    return freed

@@ -55,3 +55,9 @@ def test_asha_stops_the_trial_that_does_not_learn(smoke_sweep) -> None:
     card = next((cfg.run_root_path / "trials").glob(f"*/{rows[3e-3]['trial']}/data_card.json"))
     assert json.loads(card.read_text())["validation"] == {"problems": 4, "rows": 8}  # x 2 pools
     assert "stopped early" in format_summary(cfg, summary | {"summary_path": "-"})
+    # train.keep_checkpoints: resume. The stopped trial keeps no checkpoint, the finished one
+    # its student only
+    train = cfg.run_root_path / "train"
+    assert not (train / f"{summary['invocation']}-{rows[1e-7]['trial']}").exists()
+    kept = train / f"{summary['invocation']}-{rows[3e-3]['trial']}"
+    assert list(kept.glob("checkpoint_*/model")) and not list(kept.rglob("*.pt"))

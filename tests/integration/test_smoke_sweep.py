@@ -86,3 +86,22 @@ def test_report_from_the_smoke_sweep(smoke_sweep, tmp_path) -> None:
         assert fmt(trial["train_loss"]) in html  # the metrics are on the page as text
     pngs = list((tmp_path / "report").glob("*.png"))
     assert pngs and all(p.stat().st_size > 1000 for p in pngs)
+
+
+def test_finished_trials_keep_only_their_student(smoke_sweep) -> None:
+    """train.keep_checkpoints defaults to resume: a finished trial's Train run keeps the exported
+    student (which loads) and its records, no DeepSpeed state; the summary gives the disk use."""
+    from transformers import AutoModelForCausalLM
+
+    from mixray.disk import tree_size
+    from mixray.sweep import format_summary
+
+    cfg, first, _ = smoke_sweep
+    for trial in first["trials"]:
+        run = cfg.run_root_path / "train" / f"{first['invocation']}-{trial['trial']}"
+        assert not [p for p in run.rglob("*.pt")], "optimizer or model states left"
+        models = list(run.glob("checkpoint_*/model"))
+        assert len(models) == 1 and list(run.glob("checkpoint_*/history.json"))
+        assert AutoModelForCausalLM.from_pretrained(models[0]).num_parameters() > 0
+    assert first["disk"]["bytes"] >= tree_size(cfg.run_root_path / "mlflow.db") > 0
+    assert f"run root: {cfg.run_root_path} " in format_summary(cfg, first)

@@ -127,7 +127,7 @@ def test_killed_worker_resumes_from_checkpoint(zero2, tmp_path) -> None:
 
 def test_torchrun_runs_the_same_loop_and_resumes_after_a_crash(zero2, tmp_path) -> None:
     marker = tmp_path / "crashed"
-    out = _torchrun(tmp_path, TRAIN | {"zero_stage": 2}, restarts=1,
+    out = _torchrun(tmp_path, TRAIN | {"zero_stage": 2, "keep_checkpoints": "all"}, restarts=1,
                     hooks={"test_crash_step": 2, "test_crash_marker": marker})
     assert marker.exists(), "the test hook did not fire"
     history = json.loads((out / "history.json").read_text())
@@ -176,3 +176,11 @@ def test_lora_trains_only_adapters_and_exports_them_merged(tmp_path) -> None:
     # the merge changed exactly the targeted weights (B starts at 0: they moved by training)
     for key, weight in base.items():
         assert (not torch.equal(merged[key], weight)) == (key in targeted), key
+
+    # train.keep_checkpoints defaults to resume: the finished run dropped its DeepSpeed state,
+    # and run again it sees it is finished (the student is not retrained nor rewritten)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "data_stats.json", "history.json", "model", "params.json"]
+    written = (out / "model" / "model.safetensors").stat().st_mtime_ns
+    assert _torchrun(tmp_path, TRAIN | {"max_steps": 3, "lora": lora}) == out
+    assert (out / "model" / "model.safetensors").stat().st_mtime_ns == written

@@ -3,6 +3,8 @@ recipe is expressible; the loop's learning-rate schedule; no DeepSpeed op build.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -103,3 +105,25 @@ def test_deepspeed_builds_no_shared_memory_op() -> None:
 
     skip_shm_comm_op()
     assert build_shm_op() is None
+
+
+def test_keep_checkpoints_defaults_to_bounded_disk_and_is_checked() -> None:
+    assert TrainConfig().keep_checkpoints == "resume"
+    assert TrainConfig(keep_checkpoints="all").keep_checkpoints == "all"
+    with pytest.raises(ValidationError, match="keep_checkpoints"):
+        TrainConfig(keep_checkpoints="none")
+    assert "disk" in TrainConfig.model_fields["keep_checkpoints"].description
+
+
+def test_keep_checkpoints_changes_no_key_and_is_not_searchable() -> None:
+    from mixray.config import load_sweep
+    from mixray.search import SearchConfig
+
+    sweep = Path(__file__).resolve().parents[2] / "sweeps" / "smoke.yaml"
+    bounded, everything = (load_sweep(sweep, [f"train.keep_checkpoints={keep}"])
+                           for keep in ("resume", "all"))
+    assert bounded.resume_key() == everything.resume_key()
+    assert bounded.trials() == everything.trials()  # trial names, and so their Train runs
+    assert bounded.resume_key() != load_sweep(sweep, ["train.lr=0.5"]).resume_key()
+    with pytest.raises(ValidationError, match="keep_checkpoints"):
+        SearchConfig(space={"train.keep_checkpoints": {"grid": ["resume", "all"]}})
