@@ -99,7 +99,7 @@ def main() -> None:
 
     from mixray.models import resolve
     from mixray.problems import build_problems
-    from mixray.sweep import worker_env
+    from mixray import runtime
 
     work = Path(tempfile.mkdtemp(prefix="mixray-bench-gen-"))
     cfg = ProblemsConfig(train_size=args.problems, eval_size=1, task_args={
@@ -116,8 +116,7 @@ def main() -> None:
 
     log.info("direct engine, first run")
     first = direct(job, problems)
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
-             runtime_env={"env_vars": worker_env()})
+    runtime.connect(num_cpus=os.cpu_count(), include_dashboard=False)
     try:
         log.info("Ray Data stage: fixed-cost probe (1 problem, 1 token)")
         probe_path = work / "probe.parquet"

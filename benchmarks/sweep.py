@@ -29,7 +29,8 @@ from pathlib import Path
 import ray
 
 from mixray.config import load_sweep
-from mixray.sweep import run_sweep, worker_env
+from mixray import runtime
+from mixray.sweep import run_sweep
 
 OUT = Path(__file__).parent / "results" / "sweep.json"
 REPO = Path(__file__).resolve().parents[1]
@@ -43,9 +44,7 @@ def main() -> None:
     shares = [round(i / max(1, args.trials - 1), 3) for i in range(args.trials)]
     with tempfile.TemporaryDirectory() as root:
         cfg = load_sweep(args.sweep, [f"run_root={root}", f"search.long_share={shares}"])
-        for key, value in worker_env().items():
-            os.environ.setdefault(key, value)
-        ray.init(num_cpus=2, runtime_env={"env_vars": worker_env()}, include_dashboard=False)
+        runtime.connect(num_cpus=2, include_dashboard=False)
         try:
             started = time.perf_counter()
             summary = run_sweep(cfg)

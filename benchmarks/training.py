@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import statistics
 import subprocess
@@ -217,12 +216,10 @@ def run_ray(train: dict, manifest: Path, work: Path) -> tuple[list[dict], float]
     import ray
 
     from mixray.config import TrainConfig
-    from mixray.sweep import worker_env
+    from mixray import runtime
     from mixray.train.launch import train_from_config
 
-    for key, value in worker_env().items():
-        os.environ.setdefault(key, value)
-    ray.init(num_cpus=2, runtime_env={"env_vars": worker_env()}, include_dashboard=False)
+    runtime.connect(num_cpus=2, include_dashboard=False)
     try:
         started = time.perf_counter()
         _, history = train_from_config(

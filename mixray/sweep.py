@@ -3,7 +3,7 @@
 Validates the sweep file (exit 2 with a readable message on any mistake, before any work), then:
 models -> problems -> per-teacher generation and curation (cached, shared by all trials) ->
 MLflow parent run -> Ray Tune trials (mix -> train -> evaluate) -> a summary table.
-This is the only place that calls `ray.init` (tests use a session fixture instead).
+Ray is started or joined through `mixray.runtime`, as everywhere.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 import uuid
@@ -19,20 +18,11 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
-from mixray import cluster, disk, logs, models
+from mixray import cluster, disk, logs, models, runtime
 from mixray.config import SweepConfig, SweepFileError, load_sweep
 
 log = logging.getLogger("mixray")
 DEFAULT_SWEEP = Path(__file__).resolve().parent.parent / "sweeps" / "laptop.yaml"
-
-
-def worker_env() -> dict[str, str]:
-    """Environment every Ray worker gets: the driver's model cache, and quiet tokenizers."""
-    return {
-        "MIXRAY_CACHE": str(models.cache_dir()),
-        "TOKENIZERS_PARALLELISM": "false",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    }
 
 
 def _source(cfg: SweepConfig) -> str:
@@ -427,21 +417,16 @@ def main(argv: list[str] | None = None) -> int:
     print(plan(cfg))
     if args.dry_run:
         return 0
-    import ray
-
     from mixray.generate.stage import GenerationFailed
 
-    for key, value in worker_env().items():
-        os.environ.setdefault(key, value)
     start = time.perf_counter()
-    # RAY_ADDRESS (set by `ray job submit`) makes this connect to the cluster; else a local one.
-    ray.init(runtime_env={"env_vars": worker_env()}, log_to_driver=True)
     try:
-        if args.upstream_only:
-            _, up = prepare(cfg, {})
-            print(format_stages(up["stages"]))
-            return 0
-        summary = run_sweep(cfg, resume=args.resume)
+        # RAY_ADDRESS (set by `ray job submit`) makes this join that cluster; else a local one.
+        with runtime.connected():
+            if args.upstream_only:
+                print(format_stages(prepare(cfg, {})[1]["stages"]))
+                return 0
+            summary = run_sweep(cfg, resume=args.resume)
     except ValueError as e:  # a mistake found once Ray is up: resources, --resume, empty pools
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -452,8 +437,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted; continue with: python -m mixray.sweep {args.sweep} --resume",
               file=sys.stderr)
         return 130
-    finally:
-        ray.shutdown()
     print(format_summary(cfg, summary))
     print(f"sweep {summary['status']} in {time.perf_counter() - start:.0f} s")
     return 0 if summary["status"] == "finished" else 1

@@ -241,13 +241,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from mixray.sweep import worker_env
+    from mixray import runtime
 
-    for key, value in worker_env().items():
-        os.environ.setdefault(key, value)
     start = time.perf_counter()
-    ray.init(address=args.ray_address, runtime_env={"env_vars": worker_env()},
-             log_to_driver=True)
+    runtime.connect(args.ray_address)
     try:
         cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
         threads = args.threads_per_engine or max(1, (os.cpu_count() or 1) // cfg.replicas)

@@ -77,13 +77,10 @@ def _py_spy_dump(pid: int) -> str:
 def ray_cluster():
     import ray
 
-    from mixray.sweep import worker_env
+    from mixray import runtime
 
-    for key, value in worker_env().items():
-        os.environ.setdefault(key, value)
-    ray.init(num_cpus=2, runtime_env={"env_vars": worker_env()}, include_dashboard=False)
-    yield ray
-    ray.shutdown()
+    with runtime.connected(num_cpus=2, include_dashboard=False):
+        yield ray
 
 
 @pytest.fixture(scope="session")

@@ -87,13 +87,13 @@ def test_resume_with_n_samples_generates_only_missing_rows(ray_cluster, tmp_path
 KILLABLE = """
 import sys
 import ray
-from mixray import models
+from mixray import models, runtime
 from mixray.config import load_sweep
 from mixray.generate.stage import generate_teacher
 from mixray.problems import build_problems
 
 address, sweep, root = sys.argv[1:4]
-ray.init(address=address)
+runtime.connect(address)
 cfg = load_sweep(sweep, [f"run_root={root}", "problems.train_size=96"])
 teacher = cfg.teachers["long"].model_copy(update={"batch_size": 4})
 problems, _ = build_problems(cfg.problems, cfg.run_root_path)

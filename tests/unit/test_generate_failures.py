@@ -23,7 +23,8 @@ from mixray.generate.stage import (
 
 def _part(path: Path, rows: list[tuple[str, int, str | None]]) -> None:
     pq.write_table(pa.table({
-        "problem_id": [r[0] for r in rows], "sample_idx": pa.array([r[1] for r in rows], pa.int32()),
+        "problem_id": [r[0] for r in rows],
+        "sample_idx": pa.array([r[1] for r in rows], pa.int32()),
         "completion": ["" if r[2] else "ok" for r in rows],
         "finish_reason": ["error" if r[2] else "stop" for r in rows],
         "error": pa.array([r[2] for r in rows], pa.string())}), path)
