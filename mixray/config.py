@@ -871,6 +871,22 @@ class ResourcesConfig(Strict):
         "(gloo). Also sets how many trials run at once.")
 
 
+SQLITE = "sqlite:///"
+
+
+def default_tracking_uri(run_root: str | Path = "runs") -> str:
+    """The MLflow store every CLI and sweep defaults to: sqlite in the run root (relative to the
+    working directory unless `run_root` is absolute). Here rather than in mixray.tracking, which
+    imports this module, so that reading a config never imports mlflow."""
+    return f"{SQLITE}{Path(run_root) / 'mlflow.db'}"
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a local sqlite store (relative, or absolute: "sqlite:////");
+    None for any other store."""
+    return Path(tracking_uri.removeprefix(SQLITE)) if tracking_uri.startswith(SQLITE) else None
+
+
 class TrackingConfig(Strict):
     experiment: str | None = Field(None, description="MLflow experiment; default: the sweep name.")
     tracking_uri: str | None = Field(None, description="Default: sqlite under the run root.")
@@ -950,7 +966,7 @@ class SweepConfig(Strict):
 
     @property
     def tracking_uri(self) -> str:
-        return self.tracking.tracking_uri or f"sqlite:///{self.run_root_path / 'mlflow.db'}"
+        return self.tracking.tracking_uri or default_tracking_uri(self.run_root_path)
 
     def trials(self) -> list[dict[str, Any]]:
         """Grid and random search: one dict per trial ({name, student, params}), in a stable

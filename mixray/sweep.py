@@ -240,9 +240,10 @@ def _close_stopped(cfg: SweepConfig, parent_id: str, outcomes: list[dict[str, An
 def sweep_gaps(cfg: SweepConfig, parent_id: str) -> list[Any]:
     """ΔLong / ΔLarge and the best mix against the best single source, per student (the
     report's analysis, over this invocation's finished trials)."""
-    from mixray.report import curve_points, gap_rows, load_sweep_record
+    from mixray import tracking
+    from mixray.analysis import curve_points, gap_rows
 
-    record = load_sweep_record(cfg.experiment, cfg.tracking_uri, parent_id)
+    record = tracking.load_sweep_record(cfg.experiment, cfg.tracking_uri, parent_id)
     return gap_rows(curve_points(record.trials))
 
 

@@ -1,22 +1,29 @@
-"""The only module that writes to MLflow (report.py reads it): one experiment per sweep, a
-parent run per invocation, a child run per trial; and one run per standalone evaluation
-(`python -m mixray.evaluate`). Uses explicit `MlflowClient`s (no global active run), so trials
-running in other processes log safely to the same store.
+"""The only module that talks to MLflow. It writes one experiment per sweep, a parent run per
+invocation, a child run per trial, and one run per standalone evaluation (`python -m
+mixray.evaluate`); and reads an invocation back (`load_sweep_record`) as the plain records of
+`mixray.analysis`, which the report and the sweep's gap metrics use. Uses explicit
+`MlflowClient`s (no global active run), so trials running in other processes log safely to the
+same store.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
+from collections import defaultdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from mixray.analysis import SweepRecord, Trial, trial_accuracy
 from mixray.artifacts import spec_key
-from mixray.config import SweepConfig
+from mixray.config import SweepConfig, sqlite_path
 
 log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
@@ -25,6 +32,9 @@ PARAMS_TAG = "mixray.params"  # the trial's search values as JSON (Optuna is tol
 SUMMARY_METRICS = ("mix_rows", "mix_pools_ran_dry", "train_loss", "eval_accuracy",
                    "eval_accuracy_stderr", "eval_tokens_mean")
 MAX_PARAM_CHARS = 500  # MLflow's limit is 6000; long values are shortened, not refused
+DEFAULT_POOLS = ("long", "short")  # mix.long_pool / mix.short_pool when a run did not log them
+BENCH_RE = re.compile(r"^eval\.(.+)\.accuracy$")
+CURATE_PREFIX = "curate."
 
 
 def client(cfg: SweepConfig) -> MlflowClient:
@@ -42,10 +52,8 @@ def _experiment(c: MlflowClient, name: str, tracking_uri: str) -> str:
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = None
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri.removeprefix("sqlite:///"))  # relative, or absolute ("////")
-        location = (db.parent / "mlartifacts").resolve().as_uri()
+    db = sqlite_path(tracking_uri)
+    location = None if db is None else (db.parent / "mlartifacts").resolve().as_uri()
     return c.create_experiment(name, artifact_location=location)
 
 
@@ -224,3 +232,151 @@ def fail_child(cfg: SweepConfig, run_id: str, error: str) -> None:
     c = client(cfg)
     c.set_tag(run_id, "mixray.error", error[:MAX_PARAM_CHARS])
     c.set_terminated(run_id, "FAILED")
+
+
+# --------------------------------------------------------------------------- reading a sweep back
+
+
+def open_client(tracking_uri: str) -> MlflowClient:
+    """A client; refuses a sqlite URI whose file is missing (MLflow would create an empty one)."""
+    path = sqlite_path(tracking_uri)
+    if path is not None and not path.is_file():
+        raise ValueError(f"no MLflow store at {path} (tracking URI {tracking_uri}); "
+                         "run a sweep first or pass --tracking-uri")
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def find_experiment_id(c: MlflowClient, name: str) -> str:
+    exp = c.get_experiment_by_name(name)
+    if exp is None:
+        names = sorted(e.name for e in c.search_experiments())
+        raise ValueError(f"experiment {name!r} not found; experiments in this store: {names}")
+    return exp.experiment_id
+
+
+def _search_all(c: MlflowClient, exp_id: str, filter_string: str) -> list[Run]:
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = c.search_runs([exp_id], filter_string, max_results=1000,
+                             order_by=["attributes.start_time DESC"], page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def find_parent(c: MlflowClient, exp_id: str, experiment: str, parent_id: str | None) -> Run:
+    """The given parent run, or the latest one of the experiment."""
+    parents = _search_all(c, exp_id, "tags.`mixray.kind` = 'sweep'")
+    if not parents:
+        raise ValueError(f"experiment {experiment!r} has no sweep (parent) runs")
+    if parent_id is None:
+        return parents[0]
+    for run in parents:
+        if run.info.run_id == parent_id:
+            return run
+    known = [f"{r.info.run_id} ({r.info.run_name}, {_when(r.info.start_time)})" for r in parents]
+    raise ValueError(f"parent run {parent_id!r} not found in experiment {experiment!r}; "
+                     f"parent runs: {known}")
+
+
+def _when(ms: int | None) -> str:
+    if not ms:
+        return "?"
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _teachers(params: dict[str, str], prefix: str) -> set[str]:
+    pattern = re.compile(rf"^{re.escape(prefix)}teachers\.(.+)\.model$")
+    return {m.group(1) for key in params if (m := pattern.match(key))}
+
+
+def _curate(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for key, value in metrics.items():
+        if key.startswith(CURATE_PREFIX):
+            label, _, stat = key.removeprefix(CURATE_PREFIX).rpartition(".")
+            out[label][stat] = value
+    return dict(out)
+
+
+def _benchmarks(metrics: dict[str, float]) -> dict[str, tuple[float, float | None]]:
+    out = {}
+    for key, value in metrics.items():
+        if m := BENCH_RE.match(key):
+            out[m.group(1)] = (value, metrics.get(f"{key}_stderr"))
+    return dict(sorted(out.items()))
+
+
+def _loss(c: MlflowClient, run: Run) -> tuple[float | None, tuple[tuple[int, float], ...]]:
+    """The final train loss (logged at step 0) and the per-step curve (steps >= 1)."""
+    if "train_loss" not in run.data.metrics:
+        return None, ()
+    history = c.get_metric_history(run.info.run_id, "train_loss")
+    curve = tuple(sorted((m.step, m.value) for m in history if m.step >= 1))
+    final = [m.value for m in history if m.step == 0]
+    return (final[-1] if final else run.data.metrics["train_loss"]), curve
+
+
+def _data_card(c: MlflowClient, run_id: str) -> dict[str, Any] | None:
+    try:
+        if not any(a.path == "data_card.json" for a in c.list_artifacts(run_id)):
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            return json.loads(Path(c.download_artifacts(run_id, "data_card.json", tmp))
+                              .read_text())
+    except (MlflowException, OSError, ValueError) as e:
+        log.warning("could not read the data card of run %s: %s", run_id, e)
+        return None
+
+
+def _error_line(tags: dict[str, str]) -> str | None:
+    lines = [ln.strip() for ln in tags.get("mixray.error", "").splitlines() if ln.strip()]
+    return lines[-1] if lines else None
+
+
+def load_trial(c: MlflowClient, run: Run, default_pools: tuple[str, str]) -> Trial:
+    params, metrics = run.data.params, run.data.metrics
+    benchmarks = _benchmarks(metrics)
+    train_loss, curve = _loss(c, run)
+    pools = (params.get("mix.long_pool", default_pools[0]),
+             params.get("mix.short_pool", default_pools[1]))
+    return Trial(
+        run_id=run.info.run_id, name=run.info.run_name or run.info.run_id,
+        status=run.info.status, student=params.get("student", "?"),
+        share=_float(params.get("long_share")), pools=pools, schedule=params.get("schedule"),
+        accuracy=trial_accuracy(metrics, benchmarks), stderr=metrics.get("eval_accuracy_stderr"),
+        train_loss=train_loss, loss_curve=curve, benchmarks=benchmarks,
+        data_card=_data_card(c, run.info.run_id), error=_error_line(run.data.tags),
+    )
+
+
+def load_sweep_record(experiment: str, tracking_uri: str,
+                      parent_id: str | None = None) -> SweepRecord:
+    """Read the parent run (given, or the latest) of ``experiment`` and all its trials."""
+    c = open_client(tracking_uri)
+    exp_id = find_experiment_id(c, experiment)
+    parent = find_parent(c, exp_id, experiment, parent_id)
+    pid, params = parent.info.run_id, parent.data.params
+    pools = (params.get("sweep.mix.long_pool", DEFAULT_POOLS[0]),
+             params.get("sweep.mix.short_pool", DEFAULT_POOLS[1]))
+    runs = _search_all(c, exp_id, f"tags.`{PARENT_TAG}` = '{pid}'")
+    trials = sorted((load_trial(c, r, pools) for r in runs),
+                    key=lambda t: (t.student, t.pools, t.share if t.share is not None else -1,
+                                   t.schedule or "", t.name))
+    teachers = _teachers(params, "sweep.").union(*(_teachers(r.data.params, "") for r in runs))
+    log.info("report: experiment %r, parent %s, %d trials", experiment, pid, len(trials))
+    return SweepRecord(
+        experiment=experiment, tracking_uri=tracking_uri, parent_id=pid,
+        parent_name=parent.info.run_name or pid, parent_status=parent.info.status,
+        started=_when(parent.info.start_time), teachers=tuple(sorted(teachers)),
+        curate=_curate(parent.data.metrics), trials=trials,
+    )

@@ -22,7 +22,7 @@ import yaml
 from pydantic import ValidationError
 
 from mixray import logs, models
-from mixray.config import EvaluateConfig, TrainConfig
+from mixray.config import EvaluateConfig, TrainConfig, default_tracking_uri, sqlite_path
 
 log = logging.getLogger("mixray")
 
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-problems", type=Path, metavar="PATH", help="training problems "
                    "(parquet/jsonl with a 'problem' column) that rg: sets must not contain")
     p.add_argument("--out", type=Path, help="output folder (default: runs/evals/<model>-<time>)")
-    p.add_argument("--tracking-uri", help="MLflow store (default: sqlite:///runs/mlflow.db)")
+    p.add_argument("--tracking-uri", help=f"MLflow store (default: {default_tracking_uri()})")
     p.add_argument("--experiment", default="evaluate", help="MLflow experiment (default "
                    "%(default)s)")
     p.add_argument("--batch-size", type=int, default=defaults["batch_size"].default)
@@ -235,9 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmark {b.name}: {len(b.rows)} problems from {b.source}{bad}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = (args.out or Path("runs") / "evals" / f"{Path(name).name}-{stamp}").resolve()
-    tracking_uri = args.tracking_uri or f"sqlite:///{Path('runs').resolve() / 'mlflow.db'}"
-    if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    tracking_uri = args.tracking_uri or default_tracking_uri(Path("runs").resolve())
+    if (db := sqlite_path(tracking_uri)) is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
 
     import ray
 

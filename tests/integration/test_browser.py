@@ -172,7 +172,8 @@ def test_mlflow_ui_shows_the_trial_runs_and_their_metrics(smoke_sweep, mlflow_ui
 
 def test_report_shows_the_trials_and_their_metrics(smoke_sweep, page: Page, tmp_path: Path,
                                                    capsys) -> None:
-    from mixray.report import fmt, write_report
+    from mixray.report import write_report
+    from mixray.report_html import fmt
 
     cfg, first, _ = smoke_sweep
     parent_id = first["mlflow"]["parent_run_id"]

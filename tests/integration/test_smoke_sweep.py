@@ -75,7 +75,8 @@ def test_second_run_does_no_new_generation(smoke_sweep) -> None:
 
 
 def test_report_from_the_smoke_sweep(smoke_sweep, tmp_path) -> None:
-    from mixray.report import fmt, write_report
+    from mixray.report import write_report
+    from mixray.report_html import fmt
 
     cfg, first, _ = smoke_sweep
     index = write_report(cfg.experiment, cfg.tracking_uri, first["mlflow"]["parent_run_id"],

@@ -22,3 +22,19 @@ def test_ray_is_started_or_joined_in_one_module() -> None:
                *(REPO / "tests").rglob("*.py")]
     callers = sorted(str(p.relative_to(REPO)) for p in sources if _calls_ray_init(p))
     assert callers == ["mixray/runtime.py"]
+
+
+def _imports_mlflow(path: Path) -> bool:
+    tree = ast.parse(path.read_text(), str(path))
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+              and n.level == 0]
+    return any(name == "mlflow" or name.startswith("mlflow.") for name in names)
+
+
+def test_only_tracking_imports_mlflow() -> None:
+    """mixray.tracking owns the MLflow layout (tags, params, the store); the analysis and the
+    report read plain records from it, so a second importer would drift from what it writes."""
+    importers = sorted(str(p.relative_to(REPO)) for p in (REPO / "mixray").rglob("*.py")
+                       if _imports_mlflow(p))
+    assert importers == ["mixray/tracking.py"]
