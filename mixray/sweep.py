@@ -14,8 +14,8 @@ import logging
 import sys
 import time
 import uuid
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mixray import cluster, disk, logs, models, runtime
@@ -161,7 +161,7 @@ def run_upstream(cfg: SweepConfig, timings: dict[str, float]) -> dict[str, Any]:
                                           cfg.run_root_path, **placement)
         cur, stats, cur_cached = curate(gen, cfg.curate, cfg.run_root_path)
         timings[f"generate+curate.{label}"] = time.perf_counter() - t0
-        up["pools"][label], up["curate"][label] = str(cur.path / "pool.parquet"), stats
+        up["pools"][label], up["curate"][label] = cur.path / "pool.parquet", stats
         up["stages"][f"generate.{label}"] = {"path": str(gen.path), "cached": gen_stats is None,
                                              "stats": gen_stats}
         up["stages"][f"curate.{label}"] = {"path": str(cur.path), "cached": cur_cached,

@@ -14,7 +14,6 @@ which Tune does not count (Ray Train V2), so concurrency is derived from the dec
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -23,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.result import AUTO_RESULT_KEYS
@@ -33,8 +31,7 @@ from ray.tune.search.optuna import OptunaSearch
 from mixray import cluster, disk, logs, tracking
 from mixray.config import TRIAL_CPU, SweepConfig
 from mixray.evaluate import evaluate_model
-from mixray.mix.manifest import Manifest, build_manifest
-from mixray.mix.validation import split_validation
+from mixray.mix.stage import run_mix
 from mixray.search import Domain, trial_name
 from mixray.train.launch import keep_only_student, train_from_config
 
@@ -50,7 +47,7 @@ class SweepContext:
 
     cfg: SweepConfig
     invocation: str  # a unique id of this sweep invocation (names trial outputs)
-    pools: dict[str, str]  # teacher label -> pool.parquet
+    pools: dict[str, Path]  # teacher label -> pool.parquet
     eval_problems: str
     student_paths: dict[str, str]  # student spec -> local HF dir
     parent_run_id: str
@@ -66,13 +63,12 @@ def run_trial(trial: dict[str, Any], ctx: SweepContext) -> dict[str, float]:
     run_id = tracking.start_child(cfg, ctx.parent_run_id, trial)
     try:
         t0 = time.perf_counter()
-        manifest = _write_manifest(cfg, ctx.pools, out)
+        mix = run_mix(cfg.mix, ctx.pools, out)
         t1 = time.perf_counter()
         model_dir, history = train_from_config(
             cfg.train, model_path=ctx.student_paths[trial["student"]],
-            manifest_path=str(out / "manifest.parquet"), torch_threads=cfg.resources.torch_threads,
-            validation_path=str(out / "validation.parquet") if cfg.mix.validation_problems
-            else None,
+            manifest_path=str(mix.manifest), torch_threads=cfg.resources.torch_threads,
+            validation_path=str(mix.validation) if mix.validation else None,
             cpus_per_worker=cfg.resources.cpus_per_train_worker,
             gpus_per_worker=cfg.resources.gpus_per_train_worker,
             storage=cfg.run_root_path / "train",
@@ -88,13 +84,13 @@ def run_trial(trial: dict[str, Any], ctx: SweepContext) -> dict[str, float]:
         t3 = time.perf_counter()
         metrics |= {k: v for k, v in history[-1].items() if k.startswith("val_loss")}
         metrics |= {"train_loss": history[-1]["train_loss"], "train_steps": len(history),
-                    "mix_rows": manifest.card["rows"],
+                    "mix_rows": mix.card["rows"],
                     # pools the others had to stand in for (data_card.json says where, how much)
-                    "mix_pools_ran_dry": len({d["pool"] for d in manifest.card["ran_dry"]}),
+                    "mix_pools_ran_dry": len({d["pool"] for d in mix.card["ran_dry"]}),
                     "time_mix_s": t1 - t0,
                     "time_train_s": t2 - t1, "time_eval_s": t3 - t2}
         metrics["time_trial_s"] = time.perf_counter() - started  # MLflow's own logging excepted
-        tracking.finish_child(cfg, run_id, history, metrics, manifest.card, out / "eval")
+        tracking.finish_child(cfg, run_id, history, metrics, mix.card, out / "eval")
     except BaseException:
         tracking.fail_child(cfg, run_id, traceback.format_exc())
         raise
@@ -123,23 +119,6 @@ def discard_stopped(ctx: SweepContext, outcomes: list[dict[str, Any]]) -> None:
             freed = disk.remove(train_run_dir(ctx, o["name"]))
             log.info("trial %s stopped early: freed %s of checkpoints", o["name"],
                      disk.human_size(freed))
-
-
-def _write_manifest(cfg: SweepConfig, pools: dict[str, str], out: Path) -> Manifest:
-    """manifest.parquet and data_card.json under out; validation.parquet too when the mix holds
-    problems out (they never enter the manifest)."""
-    tables = {label: pq.read_table(pools[label]) for label in cfg.mix.pools}
-    validation = None
-    if cfg.mix.validation_problems:
-        tables, validation = split_validation(tables, cfg.mix.validation_problems, cfg.mix.seed)
-        pq.write_table(validation, out / "validation.parquet")
-    manifest = build_manifest(tables, cfg.mix)
-    if validation is not None:
-        manifest.card["validation"] = {"problems": cfg.mix.validation_problems,
-                                       "rows": validation.num_rows}
-    pq.write_table(manifest.table, out / "manifest.parquet")
-    (out / "data_card.json").write_text(json.dumps(manifest.card, indent=2))
-    return manifest
 
 
 def _grid_trainable(config: dict[str, Any], ctx: SweepContext) -> None:

@@ -250,3 +250,25 @@ def test_on_pool_exhausted_takes_fill_or_error() -> None:
     assert MixSpec().on_pool_exhausted == "fill"
     with pytest.raises(ValidationError, match="on_pool_exhausted"):
         spec(on_pool_exhausted="skip")
+
+
+def test_the_mix_stage_writes_manifest_card_and_validation_files(tmp_path) -> None:
+    import pyarrow.parquet as pq
+
+    from mixray.mix.stage import run_mix
+
+    paths = {}
+    for name, table in POOLS.items():
+        paths[name] = tmp_path / f"{name}.parquet"
+        pq.write_table(table, paths[name])
+    out = run_mix(spec(pools={"long": 1, "short": 4}, validation_problems=5), paths,
+                  tmp_path / "trial")
+    manifest, validation = pq.read_table(out.manifest), pq.read_table(out.validation)
+    held = set(validation["problem_id"].to_pylist())
+    assert len(held) == 5 and validation.num_rows == 10  # both pools' responses to them
+    assert not held & set(manifest["problem_id"].to_pylist())  # never trained on
+    card = json.loads((tmp_path / "trial" / "data_card.json").read_text())
+    assert card == out.card and card["rows"] == manifest.num_rows
+    assert card["validation"] == {"problems": 5, "rows": 10}
+    none = run_mix(spec(pools={"long": 1, "short": 4}), paths, tmp_path / "other")
+    assert none.validation is None and not (tmp_path / "other" / "validation.parquet").exists()
