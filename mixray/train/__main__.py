@@ -75,8 +75,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--validation", type=Path, help="held-out rows (a trial's "
                         "validation.parquet): val_loss every eval_every steps and at the end")
     parser.add_argument("--torch-threads", type=int, default=1, help="intra-op threads per rank")
-    parser.add_argument("--test-crash-step", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--test-crash-marker", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -102,7 +100,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch.distributed as dist
 
-    from mixray.train.loop import LoopArgs, train
+    from mixray.train import faults
+    from mixray.train.args import LoopArgs
+    from mixray.train.loop import train
     from mixray.train.reporting import FolderReporter
 
     import torch
@@ -111,14 +111,12 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
     try:
-        hooks = {"test_crash_step": args.test_crash_step,
-                 "test_crash_marker": args.test_crash_marker}
-        loop_args = LoopArgs.from_config(
-            t, model_path=str(models.resolve(args.model)), manifest_path=str(args.manifest),
+        loop_args = LoopArgs(
+            train=t, model_path=str(models.resolve(args.model)), manifest_path=str(args.manifest),
             torch_threads=args.torch_threads,
-            validation_path=None if args.validation is None else str(args.validation), **hooks)
+            validation_path=None if args.validation is None else str(args.validation))
         reporter = FolderReporter(args.out)
-        train(loop_args, reporter)
+        train(loop_args, faults.from_env(reporter))  # as it is, unless a test asks for a crash
         if dist.get_rank() == 0:
             _publish(reporter.checkpoints()[-1], args.out)
             if t.keep_checkpoints == "resume":

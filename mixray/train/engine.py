@@ -18,9 +18,10 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
+from mixray.train.args import LoopArgs
+
 if TYPE_CHECKING:
     from mixray.config import LoraConfig
-    from mixray.train.loop import LoopArgs
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +46,12 @@ def skip_shm_comm_op() -> None:
 
 def deepspeed_config(a: LoopArgs, world: int) -> dict:
     return {
-        "train_micro_batch_size_per_gpu": a.micro_batch_size,
-        "gradient_accumulation_steps": a.accumulation,
-        "train_batch_size": a.micro_batch_size * world * a.accumulation,
-        "gradient_clipping": a.max_grad_norm,
-        "zero_optimization": {"stage": a.zero_stage},
-        "bf16": {"enabled": a.dtype == "bf16"},
+        "train_micro_batch_size_per_gpu": a.train.micro_batch_size,
+        "gradient_accumulation_steps": a.train.accumulation,
+        "train_batch_size": a.train.micro_batch_size * world * a.train.accumulation,
+        "gradient_clipping": a.train.max_grad_norm,
+        "zero_optimization": {"stage": a.train.zero_stage},
+        "bf16": {"enabled": a.train.dtype == "bf16"},
         "zero_allow_untested_optimizer": True,  # a plain torch AdamW: no CUDA/C++ op to build
         "steps_per_print": 10**9,
     }
@@ -68,10 +69,11 @@ def lr_factor(step: int, total: int, warmup_ratio: float, schedule: str) -> floa
 
 
 def total_steps(a: LoopArgs, n_units: int, world: int) -> int:
-    if a.max_steps is not None:
-        return a.max_steps
-    assert a.epochs is not None, "TrainConfig requires epochs or max_steps"
-    return max(1, math.ceil(a.epochs * n_units / (a.micro_batch_size * world * a.accumulation)))
+    if a.train.max_steps is not None:
+        return a.train.max_steps
+    assert a.train.epochs is not None, "TrainConfig requires epochs or max_steps"
+    per_step = a.train.micro_batch_size * world * a.train.accumulation
+    return max(1, math.ceil(a.train.epochs * n_units / per_step))
 
 
 def with_lora(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
@@ -87,24 +89,25 @@ def build_engine(a: LoopArgs, world: int, total: int) -> tuple[deepspeed.DeepSpe
     """(engine, {"trainable": n, "total": n} parameter counts, taken before ZeRO-3 shards them)."""
     skip_shm_comm_op()
     model = AutoModelForCausalLM.from_pretrained(a.model_path, dtype=torch.float32)
-    if a.gradient_checkpointing:
+    if a.train.gradient_checkpointing:
         # non-reentrant: works with frozen embeddings (LoRA), whose outputs need no grad
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if a.lora is not None:
-        model = with_lora(model, a.lora)
+    if a.train.lora is not None:
+        model = with_lora(model, a.train.lora)
     trainable = [p for p in model.parameters() if p.requires_grad]
     counts = {"trainable": sum(p.numel() for p in trainable),
               "total": sum(p.numel() for p in model.parameters())}
     log.info("parameters: %d trainable of %d (%s)", counts["trainable"], counts["total"],
-             "LoRA" if a.lora else "full fine-tuning")
+             "LoRA" if a.train.lora else "full fine-tuning")
     # the usual convention: no weight decay on biases and norm weights (1-D tensors); LoRA has
     # none of those, and an empty group would give DeepSpeed an empty flat buffer to shard
-    groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": a.weight_decay},
+    decay = a.train.weight_decay
+    groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": decay},
               {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=a.lr,
-                                  betas=tuple(a.adam_betas))
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=a.train.lr,
+                                  betas=tuple(a.train.adam_betas))
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total, a.warmup_ratio, a.lr_schedule))
+        optimizer, lambda s: lr_factor(s, total, a.train.warmup_ratio, a.train.lr_schedule))
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                       config=deepspeed_config(a, world))
     return engine, counts
@@ -114,8 +117,8 @@ def export_hf(engine: deepspeed.DeepSpeedEngine, tokenizer, out: Path, a: LoopAr
     """Rank 0 writes a plain HF folder. ZeRO-3 shards the weights, so every rank takes part in
     gathering them layer by layer into rank 0's memory (what accelerate does for ZeRO-3); with
     LoRA only the adapters are gathered and merged into a fresh copy of the base."""
-    lora = a.lora is not None
-    if a.zero_stage == 3:
+    lora = a.train.lora is not None
+    if a.train.zero_stage == 3:
         state = engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=lora)
     else:
         keep = _trainable_names(engine.module) if lora else None
@@ -135,10 +138,10 @@ def _trainable_names(model: torch.nn.Module) -> set[str]:
 
 def _merged(a: LoopArgs, adapters: dict[str, torch.Tensor]) -> torch.nn.Module:
     """The base from the model path plus the trained adapters, merged into plain Linear layers."""
-    assert a.lora is not None
+    assert a.train.lora is not None
     # the dtype the full fine-tuning export would have (DeepSpeed's bf16 mode trains bf16 weights)
-    dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
-    model = with_lora(AutoModelForCausalLM.from_pretrained(a.model_path, dtype=dtype), a.lora)
+    dtype = torch.bfloat16 if a.train.dtype == "bf16" else torch.float32
+    model = with_lora(AutoModelForCausalLM.from_pretrained(a.model_path, dtype=dtype), a.train.lora)
     missing, unexpected = model.load_state_dict(adapters, strict=False)
     assert not unexpected and _trainable_names(model).isdisjoint(missing), \
         f"adapter weights do not match the model: {unexpected or missing}"

@@ -15,9 +15,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 
 import ray.train
@@ -28,8 +27,9 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from mixray.config import TrainConfig
 from mixray.disk import human_size, remove
-from mixray.train.loop import LoopArgs, train
-from mixray.train.reporting import KEEP_CHECKPOINTS
+from mixray.train.args import LoopArgs
+from mixray.train.loop import train
+from mixray.train.reporting import KEEP_CHECKPOINTS, Reporter
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,17 @@ class RayReporter:
         return bool(due.item())
 
 
+# Decorates a worker's Reporter; the only one is the tests' fault injection (train/faults.py)
+WrapReporter = Callable[[Reporter], Reporter]
+
+
 def train_loop_per_worker(config: dict) -> None:
     """What each TorchTrainer worker runs: the loop, reporting to Ray Train."""
-    args = LoopArgs(**config)
-    train(args, RayReporter(always=frozenset(args.eval_steps)))
+    args: LoopArgs = config["args"]
+    reporter: Reporter = RayReporter(always=frozenset(args.eval_steps))
+    if config["wrap_reporter"] is not None:
+        reporter = config["wrap_reporter"](reporter)
+    train(args, reporter)
 
 
 def train_from_config(t: TrainConfig, *, model_path: str, manifest_path: str, torch_threads: int,
@@ -91,16 +98,17 @@ def train_from_config(t: TrainConfig, *, model_path: str, manifest_path: str, to
                       gpus_per_worker: float = 0.0,
                       callbacks: list | None = None, report_steps: list[int] | None = None,
                       validation_path: str | None = None,
-                      **test_hooks) -> tuple[Path, list[dict]]:
+                      wrap_reporter: WrapReporter | None = None) -> tuple[Path, list[dict]]:
     """What a trial calls: the train section -> (HF folder of the student, per-step history).
     report_steps: steps whose metrics always reach Ray (a Tune scheduler's rungs), with the
-    validation loss when there is a validation set."""
-    args = LoopArgs.from_config(t, model_path=model_path, manifest_path=manifest_path,
-                                torch_threads=torch_threads, validation_path=validation_path,
-                                eval_steps=tuple(report_steps or ()), **test_hooks)
+    validation loss when there is a validation set. wrap_reporter: see train_student."""
+    args = LoopArgs(train=t, model_path=model_path, manifest_path=manifest_path,
+                    torch_threads=torch_threads, validation_path=validation_path,
+                    eval_steps=tuple(report_steps or ()))
     return train_student(args, num_workers=t.num_workers, cpus_per_worker=cpus_per_worker,
                          gpus_per_worker=gpus_per_worker, storage=storage, name=name,
-                         callbacks=callbacks, max_failures=t.max_failures)
+                         callbacks=callbacks, max_failures=t.max_failures,
+                         wrap_reporter=wrap_reporter)
 
 
 def train_student(
@@ -113,14 +121,19 @@ def train_student(
     callbacks: list | None = None,
     max_failures: int = 0,
     gpus_per_worker: float = 0.0,
+    wrap_reporter: WrapReporter | None = None,
 ) -> tuple[Path, list[dict]]:
     """Fit; return (HF folder of the trained student, per-step history).
 
     A failed worker group restarts up to max_failures times, resuming from the latest checkpoint.
+    wrap_reporter, called on every worker with its RayReporter, returns the Reporter the loop
+    gets (tests: faults.CrashOnce); it travels to the workers pickled, so it must be importable
+    there.
     """
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=asdict(args),
+        # Ray pickles the config to the workers: the TrainConfig inside args goes whole
+        train_loop_config={"args": args, "wrap_reporter": wrap_reporter},
         # NCCL only takes CUDA tensors; the loop's step counts and report votes are CPU ones
         torch_config=TorchConfig(backend="cpu:gloo,cuda:nccl" if gpus_per_worker else "gloo"),
         scaling_config=ScalingConfig(

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -28,7 +26,7 @@ import torch.distributed as dist
 from transformers import AutoTokenizer
 
 from mixray import logs
-from mixray.config import LoraConfig, TrainConfig
+from mixray.train.args import LoopArgs
 from mixray.train.data import (
     IGNORE,
     batch_indices,
@@ -45,61 +43,11 @@ from mixray.train.validation import Validation
 
 log = logging.getLogger(__name__)
 
-# Ray Train V2 collects reports by polling the workers every 2 s
-# (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S): a worker that dies sooner after reporting loses that report,
-# so the test crash waits 3 polls.
-TEST_CRASH_DELAY_S = 6.0
-
-
-@dataclass(frozen=True)
-class LoopArgs:
-    model_path: str
-    manifest_path: str
-    system_prompt: str
-    zero_stage: int
-    dtype: str
-    micro_batch_size: int
-    accumulation: int
-    max_steps: int | None
-    epochs: float | None
-    lr: float
-    lr_schedule: str
-    warmup_ratio: float
-    weight_decay: float
-    adam_betas: tuple[float, float]
-    max_grad_norm: float
-    gradient_checkpointing: bool
-    max_length: int
-    overlong: str
-    max_dropped_fraction: float
-    packing: str
-    checkpoint_every: int | None
-    seed: int
-    torch_threads: int
-    lora: LoraConfig | None = None  # None: full fine-tuning
-    validation_path: str | None = None  # held-out rows (mix/validation.py); None: no val_loss
-    eval_every: int | None = None
-    # A scheduler's rungs: always reported to Ray (launch.RayReporter), with val_loss if any
-    eval_steps: tuple[int, ...] = ()
-    # Test-only hook: on its first attempt (the marker file does not exist yet), the last rank
-    # creates the marker and dies with os._exit(1) before this step, to exercise resumption.
-    test_crash_step: int | None = None
-    test_crash_marker: str | None = None
-
-    @classmethod
-    def from_config(cls, t: TrainConfig, *, model_path: str, manifest_path: str,
-                    torch_threads: int, **extra) -> LoopArgs:
-        """The loop's arguments from the sweep's train section (extra: validation and test_*)."""
-        same = {name: getattr(t, name) for name in cls.__dataclass_fields__ if hasattr(t, name)}
-        return cls(**same, model_path=model_path, manifest_path=manifest_path,
-                   torch_threads=torch_threads, **extra)
-
-
 def train(a: LoopArgs, reporter: Reporter) -> None:
     """Train on this rank until the last step, resuming from the reporter's checkpoint."""
     logs.configure()
     torch.set_num_threads(a.torch_threads)
-    torch.manual_seed(a.seed)
+    torch.manual_seed(a.train.seed)
     rank, world = dist.get_rank(), dist.get_world_size()
 
     tokenizer = AutoTokenizer.from_pretrained(a.model_path)
@@ -108,27 +56,26 @@ def train(a: LoopArgs, reporter: Reporter) -> None:
     examples, units, pools, stats = _load_data(a, tokenizer)
     total = total_steps(a, len(units), world)
     validation = None if a.validation_path is None else Validation.load(
-        a.validation_path, tokenizer, system=a.system_prompt, max_length=a.max_length,
-        overlong=a.overlong, max_dropped_fraction=a.max_dropped_fraction,
-        micro_batch_size=a.micro_batch_size, pad_id=pad_id)
+        a.validation_path, tokenizer, system=a.train.system_prompt, max_length=a.train.max_length,
+        overlong=a.train.overlong, max_dropped_fraction=a.train.max_dropped_fraction,
+        micro_batch_size=a.train.micro_batch_size, pad_id=pad_id)
     engine, params = build_engine(a, world, total)
     step, history = _resume(engine, reporter, a)
     first, t0 = step, time.perf_counter()  # first > 0 after a restart from a checkpoint
     log.info("rank %d: %d units, %d steps, starting at step %d", rank, len(units), total, step)
 
     while step < total:
-        _maybe_crash(a, rank, step)
         started, lr = time.perf_counter(), engine.get_lr()[0]
         batches = [to_device(collate_units(examples, [units[i] for i in batch_indices(
-            step * a.accumulation + m, rank, world, a.micro_batch_size, len(units))], pad_id,
-            a.packing), engine.device) for m in range(a.accumulation)]
+            step * a.train.accumulation + m, rank, world, a.train.micro_batch_size, len(units))],
+            pad_id, a.train.packing), engine.device) for m in range(a.train.accumulation)]
         # Weigh every loss token of the global batch alike: DeepSpeed divides by accumulation
         # and averages over ranks, so scale each micro-batch's loss sum by world * accum / tokens.
         n_tokens = _global_loss_tokens(batches)
         sums = torch.zeros(len(pools), 2, dtype=torch.float64)
         for batch in batches:
             losses, mask = token_losses(engine(**forward_inputs(batch)).logits, batch["labels"])
-            engine.backward(losses.sum() * world * a.accumulation / n_tokens.clamp(min=1))
+            engine.backward(losses.sum() * world * a.train.accumulation / n_tokens.clamp(min=1))
             engine.step()
             sums += pool_sums(losses, mask, batch["pool_ids"], len(pools)).cpu()
         step += 1
@@ -137,9 +84,9 @@ def train(a: LoopArgs, reporter: Reporter) -> None:
                        | {"resumed_at": first, "wall_s": time.perf_counter() - t0})
         final = step == total
         if validation is not None and (final or step in a.eval_steps
-                                       or (a.eval_every and step % a.eval_every == 0)):
+                                       or (a.train.eval_every and step % a.train.eval_every == 0)):
             history[-1] |= validation.losses(engine)
-        if final or (a.checkpoint_every and step % a.checkpoint_every == 0):
+        if final or (a.train.checkpoint_every and step % a.train.checkpoint_every == 0):
             _checkpoint(engine, tokenizer, a, reporter, history, final=final,
                         extra={"data_stats": stats.as_dict(), "params": params})
         else:
@@ -158,13 +105,13 @@ def _load_data(a: LoopArgs, tokenizer):
     rows = table.select([c for c in ("prompt", "completion", "pool") if c in table.column_names])
     pools = sorted(set(table["pool"].to_pylist())) if "pool" in table.column_names else ["all"]
     examples, where, stats = build_examples(
-        tokenizer, rows.to_pylist(), system=a.system_prompt, max_length=a.max_length,
-        overlong=a.overlong, max_dropped_fraction=a.max_dropped_fraction, pools=pools)
+        tokenizer, rows.to_pylist(), system=a.train.system_prompt, max_length=a.train.max_length,
+        overlong=a.train.overlong, max_dropped_fraction=a.train.max_dropped_fraction, pools=pools)
     phases = None
     if "phase" in table.column_names:
         all_phases = table["phase"].to_pylist()
         phases = [all_phases[i] for i in where]
-    return examples, make_units(examples, a.packing, a.max_length, phases), pools, stats
+    return examples, make_units(examples, a.train.packing, a.train.max_length, phases), pools, stats
 
 
 def _resume(engine, reporter: Reporter, a: LoopArgs) -> tuple[int, list[dict]]:
@@ -174,22 +121,11 @@ def _resume(engine, reporter: Reporter, a: LoopArgs) -> tuple[int, list[dict]]:
             return 0, []
         # the tag in d/latest; optimizer and lr schedule too. A LoRA checkpoint has no frozen
         # base weights (they come from the model path), so the module load is not strict.
-        _, client = engine.load_checkpoint(d, load_module_strict=a.lora is None)
+        _, client = engine.load_checkpoint(d, load_module_strict=a.train.lora is None)
         history = json.loads((Path(d) / "history.json").read_text())
     assert client["step"] == len(history), "checkpoint step and history disagree"
     log.info("resumed from %s at step %d", d, client["step"])
     return client["step"], history
-
-
-def _maybe_crash(a: LoopArgs, rank: int, step: int) -> None:
-    if a.test_crash_marker is None or step != a.test_crash_step:
-        return
-    marker = Path(a.test_crash_marker)
-    if rank == dist.get_world_size() - 1 and not marker.exists():
-        marker.write_text(f"crashed at step {step}\n")
-        time.sleep(TEST_CRASH_DELAY_S)
-        log.warning("test hook: rank %d exits at step %d", rank, step)
-        os._exit(1)
 
 
 def _metrics(step: int, sums: torch.Tensor, batches: list[dict], lr: float, started: float,
@@ -204,7 +140,7 @@ def _metrics(step: int, sums: torch.Tensor, batches: list[dict], lr: float, star
     elapsed = time.perf_counter() - started
     metrics = {"step": step, "train_loss": float(per_pool[:, 0].sum() / per_pool[:, 1].sum()),
                "lr": lr, "tokens_per_s": real / elapsed, "real_token_share": real / cells,
-               "epoch": step * a.micro_batch_size * world * a.accumulation / n_units}
+               "epoch": step * a.train.micro_batch_size * world * a.train.accumulation / n_units}
     for name, (loss, count) in zip(pools, per_pool.tolist()):
         if count:
             metrics[f"train_loss/{name}"] = loss / count
@@ -217,11 +153,11 @@ def _checkpoint(engine, tokenizer, a: LoopArgs, reporter: Reporter, history: lis
     step = history[-1]["step"]
     with tempfile.TemporaryDirectory() as tmp:
         engine.save_checkpoint(tmp, tag=f"step{step}", client_state={"step": step},
-                               exclude_frozen_parameters=a.lora is not None)
+                               exclude_frozen_parameters=a.train.lora is not None)
         if final:
             export_hf(engine, tokenizer, Path(tmp) / "model", a)
         if dist.get_rank() == 0:
-            args = asdict(a) | {"lora": a.lora.model_dump() if a.lora else None}
-            for name, content in ({"history": history, "loop_args": args} | extra).items():
+            records = {"history": history, "loop_args": a.record()} | extra
+            for name, content in records.items():
                 (Path(tmp) / f"{name}.json").write_text(json.dumps(content))
         reporter.report(history[-1], checkpoint=Path(tmp))

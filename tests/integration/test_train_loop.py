@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import uuid
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -24,6 +25,7 @@ from safetensors.torch import load_file
 
 from mixray.config import TrainConfig
 from mixray.models import resolve
+from mixray.train import faults
 from mixray.train.launch import train_from_config
 
 pytestmark = pytest.mark.integration
@@ -42,16 +44,16 @@ def _manifest(path: Path) -> str:
     return str(path)
 
 
-def _fit(tmp: Path, storage: Path, test_hooks: dict | None = None, **overrides):
+def _fit(tmp: Path, storage: Path, wrap_reporter=None, **overrides):
     t = TrainConfig(**(TRAIN | overrides))
     return train_from_config(
         t, model_path=str(resolve("tiny-random")), manifest_path=_manifest(tmp / "manifest.parquet"),
         torch_threads=1, cpus_per_worker=0.49, storage=storage,
         name=f"train-{uuid.uuid4().hex[:8]}",  # unique: a reused name silently resumes
-        **(test_hooks or {}))
+        wrap_reporter=wrap_reporter)
 
 
-def _torchrun(tmp: Path, train: dict, *, restarts: int = 0, hooks: dict | None = None,
+def _torchrun(tmp: Path, train: dict, *, restarts: int = 0, crash: str | None = None,
               validation: Path | None = None) -> Path:
     """`torchrun --standalone --nproc-per-node 2 -m mixray.train`; returns its --out folder."""
     (tmp / "train.yaml").write_text(yaml.safe_dump(train))
@@ -62,10 +64,10 @@ def _torchrun(tmp: Path, train: dict, *, restarts: int = 0, hooks: dict | None =
            "--out", str(out)]
     if validation is not None:
         cmd += ["--validation", str(validation)]
-    for key, value in (hooks or {}).items():  # the loop's test_* hooks
-        cmd += [f"--{key.replace('_', '-')}", str(value)]
     # a restart needs a rendezvous store of its own (mixray.train.__main__.check_restartable)
     env = os.environ | {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    if crash is not None:  # "<step>:<marker>": faults.CrashOnce, wrapped by __main__
+        env |= {faults.CRASH_ENV: crash}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=TORCHRUN_TIMEOUT_S, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     return out
@@ -113,7 +115,7 @@ def test_zero3_bf16_packed_with_accumulation_trains_and_exports(ray_cluster, tmp
 def test_killed_worker_resumes_from_checkpoint(zero2, tmp_path) -> None:
     marker = tmp_path / "crashed"
     _, history = _fit(tmp_path, tmp_path / "storage", zero_stage=2, max_failures=1,
-                      test_hooks={"test_crash_step": 2, "test_crash_marker": str(marker)})
+                      wrap_reporter=partial(faults.CrashOnce, after_step=2, marker=str(marker)))
     assert marker.exists(), "the test hook did not fire"
     _, reference = zero2
     assert [h["step"] for h in history] == list(range(1, STEPS + 1))
@@ -128,7 +130,7 @@ def test_killed_worker_resumes_from_checkpoint(zero2, tmp_path) -> None:
 def test_torchrun_runs_the_same_loop_and_resumes_after_a_crash(zero2, tmp_path) -> None:
     marker = tmp_path / "crashed"
     out = _torchrun(tmp_path, TRAIN | {"zero_stage": 2, "keep_checkpoints": "all"}, restarts=1,
-                    hooks={"test_crash_step": 2, "test_crash_marker": marker})
+                    crash=f"2:{marker}")
     assert marker.exists(), "the test hook did not fire"
     history = json.loads((out / "history.json").read_text())
     assert [h["step"] for h in history] == list(range(1, STEPS + 1))

@@ -47,14 +47,15 @@ def test_lr_schedule_cosine_with_and_without_warmup() -> None:
 
 def test_lora_section_is_typed_and_reaches_the_loop() -> None:
     from mixray.config import LoraConfig
-    from mixray.train.loop import LoopArgs
+    from mixray.train.args import LoopArgs
 
     assert TrainConfig().lora is None  # full fine-tuning unless asked
     t = TrainConfig(lora={"rank": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]})
     assert t.lora == LoraConfig(rank=8, alpha=16, dropout=0.05, target_modules=["q_proj", "v_proj"])
     assert TrainConfig(lora={}).lora.target_modules == "all-linear"
-    a = LoopArgs.from_config(t, model_path="m", manifest_path="x.parquet", torch_threads=1)
-    assert a.lora == t.lora and a.accumulation == t.accumulation and a.zero_stage == 2
+    a = LoopArgs(train=t, model_path="m", manifest_path="x.parquet", torch_threads=1)
+    assert a.train.lora == t.lora and a.train.accumulation == t.accumulation \
+        and a.train.zero_stage == 2
 
 
 @pytest.mark.parametrize("lora, words", [
