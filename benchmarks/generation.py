@@ -97,9 +97,9 @@ def main() -> None:
     import torch
     import transformers
 
-    from mixray.models import resolve
-    from mixray.problems import build_problems
     from mixray import runtime
+    from mixray.models import resolve
+    from mixray.problems.stage import build_problems
 
     work = Path(tempfile.mkdtemp(prefix="mixray-bench-gen-"))
     cfg = ProblemsConfig(train_size=args.problems, eval_size=1, task_args={

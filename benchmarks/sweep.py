@@ -28,8 +28,8 @@ from pathlib import Path
 
 import ray
 
-from mixray.config import load_sweep
 from mixray import runtime
+from mixray.config import load_sweep
 from mixray.sweep import run_sweep
 
 OUT = Path(__file__).parent / "results" / "sweep.json"

@@ -215,8 +215,8 @@ def run_ray(train: dict, manifest: Path, work: Path) -> tuple[list[dict], float]
     """One TorchTrainer fit on a fresh local Ray (2 CPUs), as a sweep trial runs it."""
     import ray
 
-    from mixray.config import TrainConfig
     from mixray import runtime
+    from mixray.config import TrainConfig
     from mixray.train.launch import train_from_config
 
     runtime.connect(num_cpus=2, include_dashboard=False)

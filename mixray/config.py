@@ -19,16 +19,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mixray.artifacts import spec_key
-from mixray.evaluate.benchmarks import (
-    LOCAL_SUFFIXES,
-    AnswerTransform,
-    BenchmarkSpec,
-    FieldMap,
-    HeldOutBenchmark,
-    known_reasoning_gym_task,
-)
+from mixray.evaluate.benchmarks import BenchmarkSpec, HeldOutBenchmark, known_reasoning_gym_task
 from mixray.evaluate.judge import JudgeConfig
-from mixray.search import LONG_SHARE, SearchConfig, set_dotted, trial_name
+from mixray.problems.datasets import LOCAL_SUFFIXES, AnswerTransform, FieldMap
+from mixray.search import LONG_SHARE, SearchConfig, Trial, set_dotted, trial_name
 
 # The paper's teacher and evaluation prompt (PAPER.md, "Data"), used as a str.format template.
 PAPER_PROMPT = (
@@ -87,8 +81,8 @@ def _check_source_path(path: str | None) -> str | None:
 class DatasetSource(Strict):
     """Problems from a dataset: a hub dataset (``hf:owner/name``; needs the `datasets` package
     and the hub) or a local jsonl/json/parquet file, read through a field mapping and an answer
-    transform (the loaders of mixray/evaluate/benchmarks.py). Unusable records (no problem, no
-    answer, a repeated id or problem text) are counted and written aside with their reason.
+    transform (mixray/problems/datasets.py). Unusable records (no problem, no answer, a repeated
+    id or problem text) are counted and written aside with their reason.
 
     Held-out problems come from ``eval_split`` / ``eval_path`` when one is given; otherwise
     ``problems.eval_size`` of them are carved out of the training source, drawn by
@@ -968,9 +962,9 @@ class SweepConfig(Strict):
     def tracking_uri(self) -> str:
         return self.tracking.tracking_uri or default_tracking_uri(self.run_root_path)
 
-    def trials(self) -> list[dict[str, Any]]:
-        """Grid and random search: one dict per trial ({name, student, params}), in a stable
-        order. Optuna's trials are proposed while the sweep runs (mixray.tune)."""
+    def trials(self) -> list[Trial]:
+        """Grid and random search: one `Trial` per trial, in a stable order. Optuna's trials are
+        proposed while the sweep runs (mixray.tune)."""
         trials, seen = [], set()
         for student in self.students:
             for params in self.search.points():
@@ -978,7 +972,7 @@ class SweepConfig(Strict):
                 if name in seen:  # two draws that print alike
                     name = trial_name(student, params, suffix=str(len(seen)))
                 seen.add(name)
-                trials.append({"name": name, "student": student, "params": params})
+                trials.append(Trial(name=name, student=student, params=params))
         return trials
 
     def n_trials(self) -> int:

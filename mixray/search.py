@@ -17,7 +17,9 @@ the others (drawn once from `seed`, shared by every student so students compare 
 pool's share of the base mix (`MixSpec.with_long_share`), and `search.long_share: [...]` is short
 for `space: {mix.long_share: {grid: [...]}}`.
 
-This module does not import `mixray.config` at import time (config imports it).
+A trial is a `Trial` record (name, student, values); `SweepConfig.trials()` lists them for grid
+and random search, `mixray.tune` makes Optuna's. This module does not import `mixray.config` at
+import time (config imports it).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import hashlib
 import json
 import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -217,6 +220,15 @@ def value_token(key: str, value: Any) -> str:
     else:
         text = str(value)
     return f"{short}={text}".replace("/", "_").replace(" ", "")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial of a sweep: a student trained on one point of the search space."""
+
+    name: str  # stable (trial_name): its MLflow child run, output folder, identity on resume
+    student: str  # a model spec from `students`
+    params: dict[str, Any]  # dotted search key -> this trial's value
 
 
 def trial_name(student: str, params: dict[str, Any], suffix: str | None = None) -> str:

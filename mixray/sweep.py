@@ -3,7 +3,9 @@
 Validates the sweep file (exit 2 with a readable message on any mistake, before any work), then:
 models -> problems -> per-teacher generation and curation (cached, shared by all trials) ->
 MLflow parent run -> Ray Tune trials (mix -> train -> evaluate) -> a summary table.
-Ray is started or joined through `mixray.runtime`, as everywhere.
+Ray is started or joined through `mixray.runtime`, as everywhere. What runs before the trials is
+an `Upstream` record; the summary (summary.json, the printed table) is a JSON document, built
+from the trial records (`mixray.tune.Outcome`, `mixray.tracking.Finished`) in `_trial_rows`.
 """
 
 from __future__ import annotations
@@ -14,12 +16,17 @@ import logging
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mixray import cluster, disk, logs, models, runtime
 from mixray.config import SweepConfig, SweepFileError, load_sweep
+
+if TYPE_CHECKING:  # imported where used: Ray, MLflow and the stages load slowly
+    from mixray.artifacts import StageDir
+    from mixray.tracking import Finished
+    from mixray.tune import Outcome
 
 log = logging.getLogger("mixray")
 DEFAULT_SWEEP = Path(__file__).resolve().parent.parent / "sweeps" / "laptop.yaml"
@@ -136,11 +143,22 @@ class Invocation:
         (self.dir / "state.json").write_text(json.dumps(state, indent=2))
 
 
-def run_upstream(cfg: SweepConfig, timings: dict[str, float]) -> dict[str, Any]:
+@dataclass
+class Upstream:
+    """What every trial shares, made before them (run_upstream)."""
+
+    paths: dict[str, Path]  # model spec (students, local teachers) -> local HF dir
+    problems: StageDir  # train.parquet and eval.parquet
+    stages: dict[str, dict[str, Any]]  # stage -> where, whether cached, stats (summary.json)
+    pools: dict[str, Path] = field(default_factory=dict)  # teacher label -> pool.parquet
+    curate: dict[str, dict[str, float]] = field(default_factory=dict)  # label -> curate stats
+
+
+def run_upstream(cfg: SweepConfig, timings: dict[str, float]) -> Upstream:
     """Models, problems, and per-teacher generation and curation — each cached by its key."""
     from mixray.curate.stage import curate
     from mixray.generate.stage import generate_teacher
-    from mixray.problems import build_problems, problems_summary
+    from mixray.problems.stage import build_problems, problems_summary
 
     t0 = time.perf_counter()
     specs = {*cfg.students, *(t.local_model for t in cfg.teachers.values() if t.local_model)}
@@ -149,9 +167,9 @@ def run_upstream(cfg: SweepConfig, timings: dict[str, float]) -> dict[str, Any]:
     t0 = time.perf_counter()
     problems, cached = build_problems(cfg.problems, cfg.run_root_path)
     timings["problems"] = time.perf_counter() - t0
-    up: dict[str, Any] = {"paths": paths, "problems": problems, "pools": {}, "curate": {},
-                          "stages": {"problems": {"path": str(problems.path), "cached": cached,
-                                                  "summary": problems_summary(problems)}}}
+    up = Upstream(paths=paths, problems=problems,
+                  stages={"problems": {"path": str(problems.path), "cached": cached,
+                                       "summary": problems_summary(problems)}})
     placement = {"cpus_per_engine": cfg.resources.cpus_per_engine,
                  "torch_threads": cfg.resources.torch_threads}
     for label, teacher in cfg.teachers.items():
@@ -161,15 +179,15 @@ def run_upstream(cfg: SweepConfig, timings: dict[str, float]) -> dict[str, Any]:
                                           cfg.run_root_path, **placement)
         cur, stats, cur_cached = curate(gen, cfg.curate, cfg.run_root_path)
         timings[f"generate+curate.{label}"] = time.perf_counter() - t0
-        up["pools"][label], up["curate"][label] = cur.path / "pool.parquet", stats
-        up["stages"][f"generate.{label}"] = {"path": str(gen.path), "cached": gen_stats is None,
-                                             "stats": gen_stats}
-        up["stages"][f"curate.{label}"] = {"path": str(cur.path), "cached": cur_cached,
-                                           "stats": stats}
+        up.pools[label], up.curate[label] = cur.path / "pool.parquet", stats
+        up.stages[f"generate.{label}"] = {"path": str(gen.path), "cached": gen_stats is None,
+                                          "stats": gen_stats}
+        up.stages[f"curate.{label}"] = {"path": str(cur.path), "cached": cur_cached,
+                                        "stats": stats}
     return up
 
 
-def prepare(cfg: SweepConfig, timings: dict[str, float]) -> tuple[SweepConfig, dict[str, Any]]:
+def prepare(cfg: SweepConfig, timings: dict[str, float]) -> tuple[SweepConfig, Upstream]:
     """Check that the sweep fits the cluster, then run everything before the trials; returns
     the sweep with its run root resolved (trial processes run in other working directories)
     and `run_upstream`'s results. Raises GenerationFailed when a teacher fails too often."""
@@ -195,45 +213,45 @@ def format_stages(stages: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _trial_rows(cfg: SweepConfig, outcomes: list[dict[str, Any]],
-                done: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def _trial_rows(cfg: SweepConfig, outcomes: list[Outcome],
+                done: dict[str, Finished]) -> list[dict[str, Any]]:
     """One summary row per trial: finished before (resumed), run now (finished, failed or
     stopped early), or — for grid and random search — one that never ran."""
     from mixray.tracking import SUMMARY_METRICS
 
     rows = []
     for name, d in done.items():
-        rows.append({"trial": name, "student": d["student"], "params": d["params"],
+        rows.append({"trial": name, "student": d.student, "params": d.params,
                      "resumed": True, "error": None, "stopped_early": False}
-                    | {k: d.get(k) for k in SUMMARY_METRICS})
+                    | {k: d.metrics.get(k) for k in SUMMARY_METRICS})
     for o in outcomes:
-        row = {"trial": o["name"], "student": o["student"], "params": o["params"],
-               "resumed": False, "error": o["error"], "stopped_early": o["stopped_early"]}
-        row |= {k: o["metrics"].get(k) for k in SUMMARY_METRICS}
-        if row["error"] is None and not o["stopped_early"] and row["eval_accuracy"] is None:
+        row = {"trial": o.trial.name, "student": o.trial.student, "params": o.trial.params,
+               "resumed": False, "error": o.error, "stopped_early": o.stopped_early}
+        row |= {k: o.metrics.get(k) for k in SUMMARY_METRICS}
+        if row["error"] is None and not o.stopped_early and row["eval_accuracy"] is None:
             row["error"] = "did not finish"
         rows.append(row)
     if cfg.search.algorithm != "optuna":
         ran = {r["trial"] for r in rows}
-        rows += [{"trial": t["name"], "student": t["student"], "params": t["params"],
+        rows += [{"trial": t.name, "student": t.student, "params": t.params,
                   "resumed": False, "error": "did not run", "stopped_early": False}
-                 | dict.fromkeys(SUMMARY_METRICS) for t in cfg.trials() if t["name"] not in ran]
+                 | dict.fromkeys(SUMMARY_METRICS) for t in cfg.trials() if t.name not in ran]
     for row in rows:
         row["long_share"] = cfg.for_trial(row["student"], row["params"]).mix.long_share
     return sorted(rows, key=lambda r: (r["student"], r["long_share"], r["trial"]))
 
 
-def _close_stopped(cfg: SweepConfig, parent_id: str, outcomes: list[dict[str, Any]]) -> None:
+def _close_stopped(cfg: SweepConfig, parent_id: str, outcomes: list[Outcome]) -> None:
     """Trials the scheduler stopped were killed mid-training: record them in MLflow."""
     from mixray import tracking
 
     for o in outcomes:
-        if not o["stopped_early"]:
+        if not o.stopped_early:
             continue
-        run_id = tracking.find_child(cfg, parent_id, o["name"])
+        run_id = tracking.find_child(cfg, parent_id, o.trial.name)
         if run_id is not None:
-            step = int(o["history"][-1]["step"]) if o["history"] else 0
-            tracking.stop_child(cfg, run_id, o["history"],
+            step = int(o.history[-1]["step"]) if o.history else 0
+            tracking.stop_child(cfg, run_id, o.history,
                                 f"{cfg.search.scheduler.kind} at step {step}")
 
 
@@ -281,19 +299,20 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
         inv.save("failed")  # --resume continues it; the generation keeps its finished rows
         raise
 
-    done: dict[str, dict[str, float]] = {}
+    done: dict[str, Finished] = {}
     if inv.parent_run_id:
         done = tracking.reopen_parent(cfg, inv.parent_run_id)
     else:
-        inv.parent_run_id = tracking.start_parent(cfg, {"curate": up["curate"],
-                                                        "stages": up["stages"]})
+        # the parent's upstream.json artifact is a JSON document: plain dicts at this boundary
+        inv.parent_run_id = tracking.start_parent(cfg, {"curate": up.curate,
+                                                        "stages": up.stages})
         inv.save("running")
     todo = [] if cfg.search.algorithm == "optuna" else \
-        [t for t in cfg.trials() if t["name"] not in done]
+        [t for t in cfg.trials() if t.name not in done]
     log.info("trials: %d to run, %d finished before", cfg.n_trials() - len(done), len(done))
-    ctx = SweepContext(cfg=cfg, invocation=inv.id, pools=up["pools"],
-                       eval_problems=str(up["problems"].path / "eval.parquet"),
-                       student_paths={s: str(up["paths"][s]) for s in cfg.students},
+    ctx = SweepContext(cfg=cfg, invocation=inv.id, pools=up.pools,
+                       eval_problems=str(up.problems.path / "eval.parquet"),
+                       student_paths={s: str(up.paths[s]) for s in cfg.students},
                        parent_run_id=inv.parent_run_id)
     t0 = time.perf_counter()
     status = "interrupted"
@@ -310,7 +329,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
         inv.save(status)
         tracking.end_parent(cfg, inv.parent_run_id, {"finished": "FINISHED", "failed": "FAILED",
                                                      "interrupted": "KILLED"}[status])
-    summary = {"invocation": inv.id, "status": status, "stages": up["stages"], "trials": trials,
+    summary = {"invocation": inv.id, "status": status, "stages": up.stages, "trials": trials,
                "gaps": [_gap_dict(g) for g in gaps], "timings_s": timings,
                "mlflow": {"tracking_uri": cfg.tracking_uri, "experiment": cfg.experiment,
                           "parent_run_id": inv.parent_run_id},
@@ -425,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         # RAY_ADDRESS (set by `ray job submit`) makes this join that cluster; else a local one.
         with runtime.connected():
             if args.upstream_only:
-                print(format_stages(prepare(cfg, {})[1]["stages"]))
+                print(format_stages(prepare(cfg, {})[1].stages))
                 return 0
             summary = run_sweep(cfg, resume=args.resume)
     except ValueError as e:  # a mistake found once Ray is up: resources, --resume, empty pools

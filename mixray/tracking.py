@@ -1,7 +1,8 @@
 """The only module that talks to MLflow. It writes one experiment per sweep, a parent run per
 invocation, a child run per trial, and one run per standalone evaluation (`python -m
 mixray.evaluate`); and reads an invocation back (`load_sweep_record`) as the plain records of
-`mixray.analysis`, which the report and the sweep's gap metrics use. Uses explicit
+`mixray.analysis`, which the report and the sweep's gap metrics use; for `--resume`, the trials
+an invocation finished before as `Finished` records (`reopen_parent`). Uses explicit
 `MlflowClient`s (no global active run), so trials running in other processes log safely to the
 same store.
 """
@@ -13,6 +14,7 @@ import logging
 import re
 import tempfile
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from mlflow.entities import Metric, Param, Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from mixray import search  # search.Trial: a trial to run (analysis.Trial: one read back)
 from mixray.analysis import SweepRecord, Trial, trial_accuracy
 from mixray.artifacts import spec_key
 from mixray.config import SweepConfig, sqlite_path
@@ -35,6 +38,16 @@ MAX_PARAM_CHARS = 500  # MLflow's limit is 6000; long values are shortened, not 
 DEFAULT_POOLS = ("long", "short")  # mix.long_pool / mix.short_pool when a run did not log them
 BENCH_RE = re.compile(r"^eval\.(.+)\.accuracy$")
 CURATE_PREFIX = "curate."
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A trial an interrupted invocation finished, read back for --resume (its name is the key of
+    `reopen_parent`'s mapping)."""
+
+    student: str
+    params: dict[str, Any]  # its search values (Optuna is told them again)
+    metrics: dict[str, float | None]  # SUMMARY_METRICS and the search metric; None: not logged
 
 
 def client(cfg: SweepConfig) -> MlflowClient:
@@ -124,9 +137,9 @@ def end_parent(cfg: SweepConfig, run_id: str, status: str) -> None:
     client(cfg).set_terminated(run_id, status)
 
 
-def reopen_parent(cfg: SweepConfig, parent_id: str) -> dict[str, dict[str, Any]]:
+def reopen_parent(cfg: SweepConfig, parent_id: str) -> dict[str, Finished]:
     """For --resume: mark the parent running again, close children an interruption left
-    RUNNING as KILLED, and return the finished trials: name -> {student, params, metrics...}."""
+    RUNNING as KILLED, and return the finished trials by name."""
     c = client(cfg)
     c.update_run(parent_id, status="RUNNING")
     finished = {}
@@ -134,11 +147,11 @@ def reopen_parent(cfg: SweepConfig, parent_id: str) -> dict[str, dict[str, Any]]
                                f"tags.`{PARENT_TAG}` = '{parent_id}'"):
         tags = child.data.tags
         if child.info.status == "FINISHED":
-            finished[tags[TRIAL_TAG]] = {
-                "student": child.data.params["student"],
-                "params": json.loads(tags.get(PARAMS_TAG, "{}")),
-                **{k: child.data.metrics.get(k) for k in SUMMARY_METRICS},
-                cfg.search.metric: child.data.metrics.get(cfg.search.metric)}
+            metrics = child.data.metrics
+            finished[tags[TRIAL_TAG]] = Finished(
+                student=child.data.params["student"],
+                params=json.loads(tags.get(PARAMS_TAG, "{}")),
+                metrics={k: metrics.get(k) for k in (*SUMMARY_METRICS, cfg.search.metric)})
         elif child.info.status == "RUNNING":
             c.set_terminated(child.info.run_id, "KILLED")
     return finished
@@ -157,16 +170,16 @@ def git_commit() -> str:
         return "unknown"
 
 
-def start_child(cfg: SweepConfig, parent_id: str, trial: dict[str, Any]) -> str:
+def start_child(cfg: SweepConfig, parent_id: str, trial: search.Trial) -> str:
     """`cfg` is the trial's own config (SweepConfig.for_trial)."""
     c = client(cfg)
-    tags = {PARENT_TAG: parent_id, "mixray.kind": "trial", TRIAL_TAG: trial["name"],
-            PARAMS_TAG: json.dumps(trial["params"], default=str),
+    tags = {PARENT_TAG: parent_id, "mixray.kind": "trial", TRIAL_TAG: trial.name,
+            PARAMS_TAG: json.dumps(trial.params, default=str),
             "mixray.config_hash": spec_key(cfg.model_dump()), "mixray.git_commit": git_commit()}
-    run = c.create_run(ensure_experiment(cfg), run_name=trial["name"], tags=tags)
-    params = {"student": trial["student"], "long_share": cfg.mix.long_share,
+    run = c.create_run(ensure_experiment(cfg), run_name=trial.name, tags=tags)
+    params = {"student": trial.student, "long_share": cfg.mix.long_share,
               "schedule": schedule_label(cfg),
-              "search": trial["params"],
+              "search": trial.params,
               "teachers": {k: {"model": t.model, "style": t.style}
                            for k, t in cfg.teachers.items()},
               "mix": cfg.mix.model_dump(), "train": cfg.train.model_dump(),

@@ -10,6 +10,9 @@ least at the steps of its rungs: train_loss, or val_loss on the problems the mix
 The trial itself reserves almost nothing (0.01 CPU); its TorchTrainer asks for its own workers,
 which Tune does not count (Ray Train V2), so concurrency is derived from the declared resources
 (`SweepConfig.max_concurrent_trials`) to keep trials from waiting on each other forever.
+
+Trials are `mixray.search.Trial` records and each run returns an `Outcome`. Tune carries a grid
+trial in its config as a plain dict (`_grid_space` / `_grid_trial`, the one boundary).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import logging
 import os
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,8 @@ from mixray import cluster, disk, logs, tracking
 from mixray.config import TRIAL_CPU, SweepConfig
 from mixray.evaluate import evaluate_model
 from mixray.mix.stage import run_mix
-from mixray.search import Domain, trial_name
+from mixray.search import Domain, Trial, trial_name
+from mixray.tracking import Finished
 from mixray.train.launch import keep_only_student, train_from_config
 
 log = logging.getLogger(__name__)
@@ -53,12 +57,23 @@ class SweepContext:
     parent_run_id: str
 
 
-def run_trial(trial: dict[str, Any], ctx: SweepContext) -> dict[str, float]:
-    """One trial ({name, student, params}): its mix, its training, its evaluation, in MLflow.
-    Returns the metrics, with the wall time of each part (benchmarks/sweep.py reads them)."""
+@dataclass(frozen=True)
+class Outcome:
+    """A trial that ran in this invocation, as Tune left it."""
+
+    trial: Trial
+    metrics: dict[str, Any]  # its last report
+    error: str | None  # why it failed; None: it finished or the scheduler stopped it
+    stopped_early: bool  # the scheduler (ASHA) stopped it
+    history: list[dict[str, float]]  # the per-step reports Ray Train forwarded
+
+
+def run_trial(trial: Trial, ctx: SweepContext) -> dict[str, float]:
+    """One trial: its mix, its training, its evaluation, in MLflow. Returns the metrics, with
+    the wall time of each part (benchmarks/sweep.py reads them)."""
     started = time.perf_counter()
-    cfg = ctx.cfg.for_trial(trial["student"], trial["params"])
-    out = cfg.run_root_path / "trials" / ctx.invocation / trial["name"]
+    cfg = ctx.cfg.for_trial(trial.student, trial.params)
+    out = cfg.run_root_path / "trials" / ctx.invocation / trial.name
     out.mkdir(parents=True, exist_ok=True)
     run_id = tracking.start_child(cfg, ctx.parent_run_id, trial)
     try:
@@ -66,13 +81,13 @@ def run_trial(trial: dict[str, Any], ctx: SweepContext) -> dict[str, float]:
         mix = run_mix(cfg.mix, ctx.pools, out)
         t1 = time.perf_counter()
         model_dir, history = train_from_config(
-            cfg.train, model_path=ctx.student_paths[trial["student"]],
+            cfg.train, model_path=ctx.student_paths[trial.student],
             manifest_path=str(mix.manifest), torch_threads=cfg.resources.torch_threads,
             validation_path=str(mix.validation) if mix.validation else None,
             cpus_per_worker=cfg.resources.cpus_per_train_worker,
             gpus_per_worker=cfg.resources.gpus_per_train_worker,
             storage=cfg.run_root_path / "train",
-            name=train_run_dir(ctx, trial["name"]).name, callbacks=[TuneReportCallback()],
+            name=train_run_dir(ctx, trial.name).name, callbacks=[TuneReportCallback()],
             report_steps=_rung_steps(ctx.cfg),  # the sweep's: a trial's cfg has no search
         )
         t2 = time.perf_counter()
@@ -107,7 +122,7 @@ def train_run_dir(ctx: SweepContext, trial: str) -> Path:
     return ctx.cfg.run_root_path / "train" / f"{ctx.invocation}-{trial}"
 
 
-def discard_stopped(ctx: SweepContext, outcomes: list[dict[str, Any]]) -> None:
+def discard_stopped(ctx: SweepContext, outcomes: list[Outcome]) -> None:
     """Delete the checkpoints of the trials the scheduler stopped (train.keep_checkpoints:
     resume): they hold no exported student, and a stop is a verdict, not a failure to resume
     from. Should a --resume of a sweep that failed elsewhere rerun one, it trains from step 0
@@ -115,15 +130,26 @@ def discard_stopped(ctx: SweepContext, outcomes: list[dict[str, Any]]) -> None:
     if ctx.cfg.train.keep_checkpoints != "resume":
         return
     for o in outcomes:
-        if o["stopped_early"]:
-            freed = disk.remove(train_run_dir(ctx, o["name"]))
-            log.info("trial %s stopped early: freed %s of checkpoints", o["name"],
+        if o.stopped_early:
+            freed = disk.remove(train_run_dir(ctx, o.trial.name))
+            log.info("trial %s stopped early: freed %s of checkpoints", o.trial.name,
                      disk.human_size(freed))
+
+
+# Tune logs a trial's config itself (params.json, progress.csv, TensorBoard hparams) by
+# flattening its dicts: a dataclass would be logged as its repr, or dropped. So a grid trial
+# crosses Tune as a dict, turned back into a Trial on the way out.
+def _grid_space(todo: list[Trial]) -> dict[str, Any]:
+    return {"trial": tune.grid_search([asdict(t) for t in todo])}
+
+
+def _grid_trial(config: dict[str, Any]) -> Trial:
+    return Trial(**config["trial"])
 
 
 def _grid_trainable(config: dict[str, Any], ctx: SweepContext) -> None:
     logs.configure()
-    metrics = run_trial(config["trial"], ctx)
+    metrics = run_trial(_grid_trial(config), ctx)
     tune.report(metrics | {COMPLETE: True})
 
 
@@ -150,12 +176,12 @@ def _encode(d: Domain, value: Any) -> Any:
     return d.choice.index(value) if d.choice is not None else value
 
 
-def optuna_trial(cfg: SweepConfig, student: str, config: dict[str, Any], trial_id: str) -> dict:
+def optuna_trial(cfg: SweepConfig, student: str, config: dict[str, Any], trial_id: str) -> Trial:
     """The trial an Optuna proposal ({p0: .., p1: ..}) stands for; its name ends in Tune's id."""
     axes = list(cfg.search.space.items())
     params = {key: _decode(d, config[f"p{i}"]) for i, (key, d) in enumerate(axes)}
-    return {"name": trial_name(student, params, suffix=trial_id), "student": student,
-            "params": params}
+    return Trial(name=trial_name(student, params, suffix=trial_id), student=student,
+                 params=params)
 
 
 def _rung_steps(cfg: SweepConfig) -> list[int]:
@@ -190,10 +216,9 @@ def _fit(ctx: SweepContext, trainable, param_space: dict, num_samples: int, conc
     return tuner.fit()
 
 
-def run_tune(ctx: SweepContext, todo: list[dict[str, Any]],
-             done: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Run the trials still to do; return one outcome per trial that ran now:
-    {name, student, params, metrics (last reported), error, stopped_early, history}."""
+def run_tune(ctx: SweepContext, todo: list[Trial], done: dict[str, Finished]) -> list[Outcome]:
+    """Run the trials still to do (grid and random search) or Optuna's proposals, told the `done`
+    ones; return one outcome per trial that ran now."""
     cfg = ctx.cfg
     capacity = cluster.capacity()
     concurrency = cfg.max_concurrent_trials(capacity.get("CPU", 0.0), capacity.get("GPU", 0.0))
@@ -201,14 +226,14 @@ def run_tune(ctx: SweepContext, todo: list[dict[str, Any]],
     if cfg.search.algorithm != "optuna":
         log.info("tune: %d trials, %d at a time", len(todo), min(concurrency, len(todo)))
         trainable = tune.with_parameters(_grid_trainable, ctx=ctx)
-        grid = _fit(ctx, trainable, {"trial": tune.grid_search(todo)}, 1, concurrency, base)
-        return [_outcome(r, r.config["trial"], cfg) for r in grid]
+        grid = _fit(ctx, trainable, _grid_space(todo), 1, concurrency, base)
+        return [_outcome(r, _grid_trial(r.config), cfg) for r in grid]
     # Optuna's metric arrives only with a trial's last report (after evaluation); the
     # intermediate Train reports carry the scheduler's metric, so Tune's strict check must go.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     outcomes = []
     for student in cfg.students:
-        finished = [d for d in done.values() if d["student"] == student]
+        finished = [d for d in done.values() if d.student == student]
         remaining = cfg.search.num_samples - len(finished)
         if remaining <= 0:
             continue
@@ -234,25 +259,26 @@ class _FinalMetricOptuna(OptunaSearch):
             super().on_trial_result(trial_id, result)
 
 
-def _optuna_search(cfg: SweepConfig, finished: list[dict[str, Any]]) -> OptunaSearch:
+def _optuna_search(cfg: SweepConfig, finished: list[Finished]) -> OptunaSearch:
     """TPE seeded from the sweep, told the finished trials of an interrupted run first."""
     s, axes = cfg.search, list(cfg.search.space.items())
-    told = [d for d in finished if d.get(s.metric) is not None]
-    points = [{f"p{i}": _encode(dom, d["params"][key]) for i, (key, dom) in enumerate(axes)}
+    told = [d for d in finished if d.metrics.get(s.metric) is not None]
+    points = [{f"p{i}": _encode(dom, d.params[key]) for i, (key, dom) in enumerate(axes)}
               for d in told]
     return _FinalMetricOptuna(metric=s.metric, mode=s.mode, seed=s.seed,
                         points_to_evaluate=points or None,
-                        evaluated_rewards=[d[s.metric] for d in told] or None)
+                        evaluated_rewards=[d.metrics[s.metric] for d in told] or None)
 
 
-def _outcome(result: tune.Result, trial: dict[str, Any], cfg: SweepConfig) -> dict[str, Any]:
+def _outcome(result: tune.Result, trial: Trial, cfg: SweepConfig) -> Outcome:
     metrics = dict(result.metrics or {})
     # Only ASHA stops a trial early. A trial Ctrl-C cut short also lacks COMPLETE, even one whose
     # last report was still on its way after it had finished in MLflow.
     stopped = (cfg.search.scheduler.kind == "asha" and result.error is None
                and not metrics.get(COMPLETE, False))
-    return trial | {"metrics": metrics, "error": str(result.error) if result.error else None,
-                    "stopped_early": stopped, "history": _train_history(result)}
+    return Outcome(trial=trial, metrics=metrics,
+                   error=str(result.error) if result.error else None,
+                   stopped_early=stopped, history=_train_history(result))
 
 
 def _train_history(result: tune.Result) -> list[dict[str, float]]:

@@ -14,26 +14,28 @@ import pyarrow.parquet as pq
 
 from mixray.artifacts import StageDir
 from mixray.config import CurateConfig
-from mixray.curate.extract import extract_answer
-from mixray.curate.verify import VERIFIER_VERSION, verify_answer
+from mixray.grading.grade import score_completion
+from mixray.grading.rates import sample_rates
+from mixray.grading.verify import VERIFIER_VERSION
 
 log = logging.getLogger(__name__)
 NEEDED = ("problem_id", "answer", "completion", "n_tokens", "finish_reason")
 
 
 def score(table: pa.Table) -> pa.Table:
-    """Add ``extracted``, ``correct`` and ``verified_by`` columns to a generation table;
-    ``verified_by`` is how the answer was compared (``verify.Check``), null when it was not."""
+    """Add ``extracted``, ``correct`` and ``verified_by`` columns to a generation table, each
+    completion graded ``lenient`` (`grading.grade.score_completion`); ``verified_by`` is how the
+    answer was compared (``grading.verify.Check``), null when it was not."""
     missing = [c for c in NEEDED if c not in table.column_names]
     if missing:
         raise ValueError(f"generation output lacks columns {missing}; has {table.column_names}")
     completions = table["completion"].to_pylist()
     golds = table["answer"].to_pylist()
-    extracted = [extract_answer(c or "") for c in completions]
-    checks = [verify_answer(e, g) for e, g in zip(extracted, golds, strict=True)]
-    return (table.append_column("extracted", pa.array(extracted, pa.string()))
-            .append_column("correct", pa.array([ok for ok, _ in checks], pa.bool_()))
-            .append_column("verified_by", pa.array([by for _, by in checks], pa.string())))
+    graded = [score_completion(c or "", g, "lenient")
+              for c, g in zip(completions, golds, strict=True)]
+    return (table.append_column("extracted", pa.array([e for e, _, _ in graded], pa.string()))
+            .append_column("correct", pa.array([ok for _, ok, _ in graded], pa.bool_()))
+            .append_column("verified_by", pa.array([by for _, _, by in graded], pa.string())))
 
 
 def stats(scored: pa.Table) -> dict[str, float]:
@@ -58,9 +60,8 @@ def stats(scored: pa.Table) -> dict[str, float]:
         "problems_solved": solved,
         "accepted": accepted,
         "acceptance_rate": accepted / n,
-        "no_answer_rate": scored["extracted"].null_count / n,
-        "truncation_rate": reasons.count("length") / n,
-        "error_rate": reasons.count("error") / n,
+        # no_answer_rate, truncation_rate, error_rate; a failed row counts as no answer here
+        **sample_rates(scored["extracted"].to_pylist(), reasons, error_is_no_answer=True),
         "string_fallback": fallback,
         "string_fallback_rate": fallback / n,
         "tokens_mean": float(np.mean(tokens)),

@@ -10,11 +10,12 @@ A benchmark spec is one of four kinds (the ``kind`` key of a sweep file's ``eval
 ``reasoning_gym``  an offline set from a reasoning-gym task, seeded away from training seeds and
                    checked to share no problem text with the training problems.
 
-Loading turns a spec into `LoadedBenchmark` rows ``{problem_id, problem, answer}``. Records that
-cannot be used (a missing field, no answer where the transform needs one, a duplicate id) are
-never dropped silently: each comes back as a bad row with its reason, and the caller writes them
-aside and counts them. A registry benchmark's size is checked on load, so a truncated download
-or a wrong split fails loudly instead of shifting accuracies.
+Loading turns a spec into `LoadedBenchmark` rows ``{problem_id, problem, answer}``; files and hub
+datasets are read, mapped and checked by `mixray.problems.datasets`. Records that cannot be used
+(a missing field, no answer where the transform needs one, a duplicate id) are never dropped
+silently: each comes back as a bad row with its reason, and the caller writes them aside and
+counts them. A registry benchmark's size is checked on load, so a truncated download or a wrong
+split fails loudly instead of shifting accuracies.
 
 Shorthands (the CLI's ``--benchmarks`` and strings in a sweep file) are parsed by
 `parse_benchmark`: ``math500``, ``gsm8k=/data/gsm8k.parquet``, ``heldout``,
@@ -26,7 +27,6 @@ This module imports neither Ray nor `mixray.config` (the config imports it).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterable
@@ -36,27 +36,23 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from mixray.curate.extract import last_boxed, last_number
+from mixray.grading.grade import AnswerFormat
+from mixray.problems.datasets import (
+    LOCAL_SUFFIXES,
+    AnswerTransform,
+    FieldMap,
+    read_local,
+    read_records,
+    source_name,
+    usable_rows,
+)
 
 log = logging.getLogger(__name__)
-
-AnswerFormat = Literal["boxed", "lenient", "last_number"]
-"""How a completion's answer is read and checked:
-``boxed`` the last ``\\boxed{}`` only, checked with math-verify; no box is no answer (the paper);
-``lenient`` the last ``\\boxed{}``, else a ``Final Answer:`` line, else the last number (what
-curation uses; small models rarely box), checked with math-verify;
-``last_number`` the last number, compared exactly (GSM8K)."""
-
-AnswerTransform = Literal["as_is", "last_boxed", "after_hashes", "join_list"]
-"""How the gold answer is taken from the answer field: ``as_is``; ``last_boxed`` from a worked
-solution (MATH); ``after_hashes`` the text after ``####`` (GSM8K); ``join_list`` a list of answers
-(OlympiadBench's ``final_answer``), ``$`` stripped, joined by ``, ``."""
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"  # becomes part of MLflow metric names: eval.<name>.accuracy
 # Default seed of reasoning-gym sets: far from sweep training seeds (small integers) and from the
 # sweep's held-out seeds (seed + 1_000_003), so the generators never replay those streams.
 EVAL_RG_SEED = 2_000_003
-LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
 class _Spec(BaseModel):
@@ -67,14 +63,6 @@ def _check_prompt(prompt: str | None) -> str | None:
     if prompt is not None and "{problem}" not in prompt:
         raise ValueError("a benchmark prompt template must contain the field {problem}")
     return prompt
-
-
-class FieldMap(_Spec):
-    """Which columns of a dataset hold the problem, the gold answer and (optionally) an id."""
-
-    problem: str = Field("problem", description="Column with the problem text.")
-    answer: str = Field("answer", description="Column the gold answer is taken from.")
-    id: str | None = Field(None, description="Column with a unique id; omitted: the row index.")
 
 
 class HeldOutBenchmark(_Spec):
@@ -283,149 +271,19 @@ def load_benchmark(spec: Any, *, heldout: Path | None = None,
         if path is None:
             raise ValueError("the 'heldout' benchmark is a sweep's held-out set; outside a sweep "
                              "give its file: heldout=PATH")
-        records = _read_local(path)
+        records = read_local(path)
         fields, transform, expected, source = FieldMap(id="problem_id"), "as_is", None, str(path)
     elif isinstance(spec, DatasetBenchmark):
-        if spec.path.startswith("hf:"):
-            records = _read_hub(spec.path[3:], spec.config, spec.split)
-        else:
-            records = _read_local(Path(spec.path))
+        records = read_records(spec.path, spec.config, spec.split)
         fields, transform, expected = spec.fields, spec.answer_transform, spec.expected_size
-        hub = spec.path.startswith("hf:")
-        source = spec.path + (f" ({spec.config}/{spec.split})" if hub else "")
+        source = source_name(spec.path, spec.config, spec.split)
     else:
         raise TypeError(f"not a benchmark spec: {spec!r}")
-    if expected is not None and len(records) != expected:
-        raise ValueError(
-            f"benchmark {spec.name!r}: {source} holds {len(records)} records, expected "
-            f"{expected}; wrong file, split or a partial download?")
-    rows, bad = map_records(spec.name, records, fields, transform, spec.answer_format)
-    if not rows:
-        reasons = sorted({b["reason"] for b in bad})[:3]
-        raise ValueError(f"benchmark {spec.name!r}: none of the {len(records)} records of "
-                         f"{source} is usable ({'; '.join(reasons) or 'empty'})")
+    rows, bad = usable_rows(spec.name, records, fields, transform, spec.answer_format,
+                            source=source, expected_size=expected)
     if spec.limit is not None:
         rows = rows[: spec.limit]
-    if bad:
-        log.warning("benchmark %s: %d of %d records unusable (written aside with reasons)",
-                    spec.name, len(bad), len(records))
     return LoadedBenchmark(spec.name, rows, bad, spec.answer_format, spec.prompt, source)
-
-
-def map_records(name: str, records: list[Any], fields: FieldMap, transform: AnswerTransform,
-                answer_format: AnswerFormat = "lenient",
-                ) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
-    """Records -> (problem rows, bad rows with reasons), in record order."""
-    rows: list[dict[str, str]] = []
-    bad: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for i, record in enumerate(records):
-        try:
-            row = _map_record(name, i, record, fields, transform)
-            if answer_format == "last_number" and last_number(row["answer"]) is None:
-                raise ValueError(f"gold answer {row['answer']!r} has no number to compare")
-            if row["problem_id"] in seen:
-                raise ValueError(f"duplicate id {row['problem_id']!r}")
-        except ValueError as e:
-            raw = (record.line if isinstance(record, _Unreadable)
-                   else json.dumps(record, default=str))
-            bad.append({"benchmark": name, "index": i, "reason": str(e), "record": raw[:2000]})
-            continue
-        seen.add(row["problem_id"])
-        rows.append(row)
-    return rows, bad
-
-
-def _present(record: dict[str, Any], key: str) -> Any:
-    value = record.get(key)
-    if value is None or (isinstance(value, str | list) and not value):
-        raise ValueError(f"missing field {key!r}" if key not in record else f"empty field {key!r}")
-    return value
-
-
-def _map_record(name: str, i: int, record: Any, fields: FieldMap,
-                transform: AnswerTransform) -> dict[str, str]:
-    if isinstance(record, _Unreadable):
-        raise ValueError(record.reason)
-    if not isinstance(record, dict):
-        raise ValueError(f"not an object but {type(record).__name__}")
-    problem = str(_present(record, fields.problem)).strip()
-    answer = gold_answer(_present(record, fields.answer), transform)
-    pid = str(_present(record, fields.id)) if fields.id else f"{name}/{i}"
-    if not problem:
-        raise ValueError(f"empty field {fields.problem!r}")
-    return {"problem_id": pid, "problem": problem, "answer": answer}
-
-
-def gold_answer(value: Any, transform: AnswerTransform) -> str:
-    """The gold answer from a dataset's answer field (raises ValueError when there is none)."""
-    if transform == "join_list":
-        items = value if isinstance(value, list | tuple) else [value]
-        parts = [str(v).strip().strip("$").strip() for v in items]
-        answer = ", ".join(p for p in parts if p)
-    elif transform == "after_hashes":
-        text = str(value)
-        if "####" not in text:
-            raise ValueError("answer has no '####' line")
-        answer = text.rsplit("####", 1)[1].strip()
-    elif transform == "last_boxed":
-        answer = last_boxed(str(value)) or ""
-        if not answer:
-            raise ValueError("solution has no \\boxed{} answer")
-    else:
-        answer = str(value).strip()
-    if not answer:
-        raise ValueError("empty gold answer")
-    return answer
-
-
-@dataclass(frozen=True)
-class _Unreadable:
-    """A line of a jsonl file that is not JSON: becomes a bad row, not a crash."""
-
-    reason: str
-    line: str
-
-
-def _read_local(path: Path) -> list[Any]:
-    if not path.is_file():
-        raise ValueError(f"benchmark file {path} does not exist")
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    if path.suffix == ".json":
-        data = json.loads(path.read_text())
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: a .json benchmark must hold a list of records")
-        return data
-    if path.suffix == ".jsonl":
-        records: list[Any] = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue  # blank lines (a trailing newline) are not records
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                records.append(_Unreadable(f"line {n} is not valid JSON ({e.msg})", line))
-        return records
-    raise ValueError(f"benchmark file {path}: expected {', '.join(LOCAL_SUFFIXES)}")
-
-
-def _read_hub(dataset_id: str, config: str | None, split: str) -> list[dict[str, Any]]:
-    try:
-        import datasets  # optional: only clusters with hub access need it
-    except ImportError:
-        raise ValueError(
-            f"loading hf:{dataset_id} needs the 'datasets' package (pip install datasets) and "
-            "access to the Hugging Face hub; offline, pass a local copy instead: NAME=PATH.jsonl"
-        ) from None
-    try:
-        ds = datasets.load_dataset(dataset_id, config, split=split)
-    except Exception as e:  # noqa: BLE001 - network, auth, unknown split: one readable error
-        raise ValueError(f"could not load hf:{dataset_id} (config {config}, split {split}): "
-                         f"{type(e).__name__}: {e}") from e
-    return list(ds.to_list())
 
 
 def _load_reasoning_gym(spec: ReasoningGymBenchmark, exclude: set[str]) -> LoadedBenchmark:
@@ -462,7 +320,7 @@ def _load_reasoning_gym(spec: ReasoningGymBenchmark, exclude: set[str]) -> Loade
 
 def read_problem_texts(path: Path) -> set[str]:
     """Problem texts of a problems/benchmark file (its ``problem`` column), for exclusion."""
-    records = _read_local(path)
+    records = read_local(path)
     texts = {str(r["problem"]) for r in records if isinstance(r, dict) and r.get("problem")}
     if not texts:
         raise ValueError(f"{path} has no 'problem' column to exclude problems by")

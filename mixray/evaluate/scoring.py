@@ -12,7 +12,10 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from mixray.grading.rates import sample_rates
+
 ROW_KEYS = ("problem_id", "sample_idx", "extracted", "correct", "n_tokens", "finish_reason")
+RATE_ORDER = ("truncation_rate", "no_answer_rate", "error_rate")  # as metrics.json lists them
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -80,15 +83,12 @@ def _group_by_problem(rows: Iterable[Mapping[str, Any]]) -> dict[Any, list[Mappi
 
 
 def _sample_rates(samples: list[Mapping[str, Any]]) -> dict[str, float]:
-    n = len(samples)
-    return {
-        "response_tokens_mean": math.fsum(s["n_tokens"] for s in samples) / n,
-        "truncation_rate": sum(s["finish_reason"] == "length" for s in samples) / n,
-        # a failed generation is an error, not a completion without an answer
-        "no_answer_rate": sum(not s["extracted"] and s["finish_reason"] != "error"
-                              for s in samples) / n,
-        "error_rate": sum(s["finish_reason"] == "error" for s in samples) / n,
-    }
+    """Mean response length and `grading.rates.sample_rates`, in the order metrics list them."""
+    # a failed generation is an error, not a completion without an answer
+    rates = sample_rates([s["extracted"] for s in samples],
+                         [s["finish_reason"] for s in samples], error_is_no_answer=False)
+    tokens = math.fsum(s["n_tokens"] for s in samples) / len(samples)
+    return {"response_tokens_mean": tokens} | {key: rates[key] for key in RATE_ORDER}
 
 
 def benchmark_metrics(

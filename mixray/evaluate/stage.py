@@ -3,7 +3,7 @@
 Every benchmark's problems go through the generation stage (`mixray.generate.stage`, an actor
 pool of the configured engine: hf or vllm), ``n_samples`` completions each, in one pass, so the
 model loads once however many benchmarks there are. Completions are scored per benchmark
-(`benchmarks.AnswerFormat`), answers math-verify rejects are optionally re-judged by an LLM
+(`grading.grade.AnswerFormat`), answers math-verify rejects are optionally re-judged by an LLM
 (`judge`), and the metrics come out per benchmark and as the paper's P.
 
 What lands in ``out_dir``:
@@ -34,10 +34,7 @@ import pyarrow.parquet as pq
 
 from mixray.artifacts import spec_key
 from mixray.config import EvaluateConfig, SamplingConfig
-from mixray.curate.extract import extract_answer, last_boxed, last_number
-from mixray.curate.verify import VERIFIER_VERSION, Check, is_correct_gsm8k, verify_answer
 from mixray.evaluate.benchmarks import (
-    AnswerFormat,
     LoadedBenchmark,
     ReasoningGymBenchmark,
     load_benchmark,
@@ -46,6 +43,8 @@ from mixray.evaluate.benchmarks import (
 from mixray.evaluate.judge import judge_prompt, parse_verdict
 from mixray.evaluate.scoring import average_metrics, benchmark_metrics, metric_name
 from mixray.generate.stage import GenerationJob, run_generation
+from mixray.grading.grade import AnswerFormat, score_completion
+from mixray.grading.verify import VERIFIER_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -234,18 +233,6 @@ def _prepare(folder: Path, spec: dict[str, Any], on_stale: OnStale) -> None:
             shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True))
-
-
-def score_completion(completion: str, gold: str, answer_format: AnswerFormat
-                     ) -> tuple[str | None, bool, Check | None]:
-    """(extracted answer or None, whether it verifies against ``gold``, how it was compared:
-    None when there was no answer to compare)."""
-    if answer_format == "last_number":
-        extracted = last_number(completion)
-        return extracted, is_correct_gsm8k(extracted, gold), "number" if extracted else None
-    extracted = last_boxed(completion) if answer_format == "boxed" else extract_answer(completion)
-    extracted = extracted or None  # an empty \boxed{} is no answer
-    return extracted, *verify_answer(extracted, gold)
 
 
 def _scored(row: dict[str, Any], sample_idx: int, generated: dict[str, Any],

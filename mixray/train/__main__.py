@@ -98,14 +98,13 @@ def main(argv: list[str] | None = None) -> None:
                      "to train again", args.out, args.out / "model")
         return
 
+    import torch
     import torch.distributed as dist
 
     from mixray.train import faults
     from mixray.train.args import LoopArgs
     from mixray.train.loop import train
     from mixray.train.reporting import FolderReporter
-
-    import torch
 
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

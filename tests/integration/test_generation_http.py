@@ -104,7 +104,7 @@ def served(ray_cluster, tmp_path_factory):
     from mixray import models
     from mixray.config import ProblemsConfig, TeacherConfig
     from mixray.generate.stage import generate_teacher
-    from mixray.problems import build_problems
+    from mixray.problems.stage import build_problems
 
     tmp = tmp_path_factory.mktemp("http")
     model = models.resolve("tiny-random")

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from mixray import models
 from mixray.config import SamplingConfig, load_sweep
 from mixray.generate.stage import generate_teacher, teacher_stage
-from mixray.problems import build_problems
+from mixray.problems.stage import build_problems
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -90,7 +90,7 @@ import ray
 from mixray import models, runtime
 from mixray.config import load_sweep
 from mixray.generate.stage import generate_teacher
-from mixray.problems import build_problems
+from mixray.problems.stage import build_problems
 
 address, sweep, root = sys.argv[1:4]
 runtime.connect(address)

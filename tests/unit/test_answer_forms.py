@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from mixray.curate.extract import extract_answer, last_boxed, last_number
-from mixray.curate.verify import VERIFIER_VERSION, is_correct, is_correct_gsm8k
+from mixray.grading.extract import extract_answer, last_boxed, last_number
+from mixray.grading.verify import VERIFIER_VERSION, is_correct, is_correct_gsm8k
 
 
 @pytest.mark.parametrize(

@@ -24,15 +24,14 @@ from mixray.evaluate.benchmarks import (
     REGISTRY,
     BenchmarkSpec,
     DatasetBenchmark,
-    FieldMap,
     HeldOutBenchmark,
     ReasoningGymBenchmark,
     RegistryBenchmark,
-    gold_answer,
     load_benchmark,
 )
 from mixray.evaluate.judge import JudgeConfig, parse_verdict
 from mixray.evaluate.scoring import average_metrics
+from mixray.problems.datasets import FieldMap, gold_answer
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = TypeAdapter(list[BenchmarkSpec])

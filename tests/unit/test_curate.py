@@ -5,9 +5,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from mixray.curate.extract import extract_answer, last_boxed
 from mixray.curate.stage import score, stats
-from mixray.curate.verify import is_correct
+from mixray.grading.extract import extract_answer, last_boxed
+from mixray.grading.verify import is_correct
 
 
 @pytest.mark.parametrize(
@@ -75,7 +75,7 @@ def test_score_names_missing_columns() -> None:
     ("1" * 400, "1", (False, None)),  # too long to parse: wrong, not compared
 ])
 def test_verify_answer_says_how_it_decided(predicted, gold, expected) -> None:
-    from mixray.curate.verify import verify_answer
+    from mixray.grading.verify import verify_answer
 
     assert verify_answer(predicted, gold) == expected
     assert is_correct(predicted, gold) is expected[0]

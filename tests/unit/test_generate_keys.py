@@ -11,7 +11,7 @@ import pytest
 
 from mixray.config import ProblemsConfig, TeacherConfig
 from mixray.generate.stage import STYLE_SYSTEM, generation_spec, teacher_stage
-from mixray.problems import problems_stage
+from mixray.problems.stage import problems_stage
 
 ROOT = Path("/nonexistent-run-root")  # keys must touch no disk
 PROBLEMS = problems_stage(ProblemsConfig(), ROOT)

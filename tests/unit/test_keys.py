@@ -8,7 +8,7 @@ from mixray.artifacts import StageDir, spec_key
 from mixray.config import CurateConfig, ProblemsConfig, SamplingConfig, TeacherConfig
 from mixray.curate.stage import curate_stage
 from mixray.generate.stage import teacher_stage
-from mixray.problems import problems_stage
+from mixray.problems.stage import problems_stage
 
 ROOT = Path("/nonexistent-run-root")  # constructing keys must touch no disk
 

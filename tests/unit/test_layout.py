@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -38,3 +40,32 @@ def test_only_tracking_imports_mlflow() -> None:
     importers = sorted(str(p.relative_to(REPO)) for p in (REPO / "mixray").rglob("*.py")
                        if _imports_mlflow(p))
     assert importers == ["mixray/tracking.py"]
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports (at any depth of the file), relative imports resolved."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = list(path.relative_to(REPO).with_suffix("").parts)[:-1]
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    for n in ast.walk(tree):
+        if isinstance(n, ast.ImportFrom):
+            base = package[: len(package) - n.level + 1] if n.level else []
+            module = ".".join([*base, *([n.module] if n.module else [])])
+            names |= {module} | {f"{module}.{a.name}" for a in n.names}
+    return names
+
+
+@pytest.mark.parametrize(("package", "upstream_of"), [
+    ("problems", "mixray.evaluate"),  # the first stage: it reads datasets, evaluation uses that
+    ("curate", "mixray.evaluate"),
+    ("grading", "mixray.curate"),  # shared by curation and evaluation, before both
+    ("grading", "mixray.evaluate"),
+])
+def test_data_flows_one_way(package: str, upstream_of: str) -> None:
+    """problems -> generate -> curate -> mix -> train -> evaluate: a module never reaches back up
+    that chain, so an earlier stage imports nothing from a later one."""
+    reaching_back = sorted(
+        f"{p.relative_to(REPO)}: {name}" for p in (REPO / "mixray" / package).rglob("*.py")
+        for name in _imported_modules(p)
+        if name == upstream_of or name.startswith(f"{upstream_of}."))
+    assert reaching_back == []

@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from mixray.config import DatasetSource, ProblemsConfig, ReasoningGymSource
-from mixray.problems import build_problems, problems_stage, problems_summary
+from mixray.problems.stage import build_problems, problems_stage, problems_summary
 
 N_GOOD = 30
 

@@ -24,7 +24,7 @@ def test_every_recipe_passes_dry_run(path: Path, capsys) -> None:
 
 def _trial_configs(name: str):
     cfg = load_sweep(REPO / "sweeps" / f"{name}.yaml")
-    return cfg, [cfg.for_trial(t["student"], t["params"]) for t in cfg.trials()]
+    return cfg, [cfg.for_trial(t.student, t.params) for t in cfg.trials()]
 
 
 @pytest.mark.parametrize("name", ["paper-long-short", "paper-large-small", "paper-mix"])

@@ -23,9 +23,9 @@ def test_grid_crosses_students_and_every_axis_with_stable_unique_names() -> None
                 "{grid: [constant, length_order]}}")
     trials = cfg.trials()
     assert len(trials) == 2 * 2 * 2 * 2  # students x long_share x lr x schedule kind
-    assert len({t["name"] for t in trials}) == len(trials)
-    assert trials[0]["name"] == "tiny-random-long0-lr=0.0001-kind=constant"
-    assert {t["student"] for t in trials} == {"tiny-random", "/models/other"}
+    assert len({t.name for t in trials}) == len(trials)
+    assert trials[0].name == "tiny-random-long0-lr=0.0001-kind=constant"
+    assert {t.student for t in trials} == {"tiny-random", "/models/other"}
     assert _load("students=[tiny-random, /models/other]",
                  "search.space={train.lr: {grid: [1.0e-4, 1.0e-3]}, mix.schedule.kind: "
                  "{grid: [constant, length_order]}}").trials() == trials
@@ -34,16 +34,16 @@ def test_grid_crosses_students_and_every_axis_with_stable_unique_names() -> None
 def test_long_share_shorthand_is_the_same_axis_as_the_space_form() -> None:
     short = _load("search.long_share=[0, 0.5]")
     long = _load("search.long_share=null", "search.space={mix.long_share: {grid: [0, 0.5]}}")
-    assert [t["name"] for t in short.trials()] == [t["name"] for t in long.trials()]
+    assert [t.name for t in short.trials()] == [t.name for t in long.trials()]
 
 
 def test_a_trial_config_carries_its_values() -> None:
     cfg = _load("search.space={train.lr: {grid: [0.003]}, mix.schedule: {grid: [{kind: ramp, "
                 "start: {long: 0, short: 1}, end: {long: 1, short: 0}}]}}")
     trial = cfg.trials()[1]
-    tcfg = cfg.for_trial(trial["student"], trial["params"])
+    tcfg = cfg.for_trial(trial.student, trial.params)
     assert tcfg.train.lr == 0.003 and tcfg.mix.schedule.kind == "ramp"
-    assert tcfg.mix.long_share == pytest.approx(trial["params"]["mix.long_share"])
+    assert tcfg.mix.long_share == pytest.approx(trial.params["mix.long_share"])
     assert tcfg.mix.schedule.end == {"long": 1.0, "short": 0.0}
     assert cfg.train.lr != 0.003  # the sweep's own config is untouched
 
@@ -59,12 +59,12 @@ def test_random_draws_are_seeded_in_range_and_shared_by_students() -> None:
     trials = a.trials()
     assert len(trials) == 10 and a.n_trials() == 10
     for t in trials:
-        p = t["params"]
+        p = t.params
         assert 1e-5 <= p["train.lr"] <= 1e-3 and 0 <= p["train.warmup_ratio"] <= 0.2
         assert p["train.packing"] in ("none", "greedy")
-    by_student = [[t["params"] for t in trials if t["student"] == s] for s in ("tiny-random", "/m/b")]
+    by_student = [[t.params for t in trials if t.student == s] for s in ("tiny-random", "/m/b")]
     assert by_student[0] == by_student[1]
-    logs = [math.log10(t["params"]["train.lr"]) for t in trials]
+    logs = [math.log10(t.params["train.lr"]) for t in trials]
     assert max(logs) - min(logs) > 0.3  # spread in log space, not all at one end
 
 
@@ -116,12 +116,13 @@ def test_ramp_end_points_are_searchable() -> None:
     cfg = _load("search.long_share=null", "search.algorithm=random", "search.num_samples=3",
                 "mix.schedule={kind: ramp, start: {long: 0, short: 1}, end: {long: 1, short: 0}}",
                 "search.space={mix.schedule.end.long: {uniform: [0.2, 1.0]}}")
-    ends = [cfg.for_trial(t["student"], t["params"]).mix.schedule.end["long"]
+    ends = [cfg.for_trial(t.student, t.params).mix.schedule.end["long"]
             for t in cfg.trials()]
     assert len(set(ends)) == 3 and all(0.2 <= e <= 1.0 for e in ends)
 
 
 def test_optuna_proposals_decode_to_trials_and_resume_tells_the_finished_ones() -> None:
+    from mixray.tracking import Finished
     from mixray.tune import _optuna_search, optuna_trial
 
     schedules = [{"kind": "constant"}, {"kind": "length_order"}]
@@ -129,14 +130,14 @@ def test_optuna_proposals_decode_to_trials_and_resume_tells_the_finished_ones() 
                 "search.space={mix.long_share: {uniform: [0, 1]}, "
                 "mix.schedule: {choice: [{kind: constant}, {kind: length_order}]}}")
     trial = optuna_trial(cfg, "tiny-random", {"p0": 0.25, "p1": 1}, "abc_00001")
-    assert trial["params"] == {"mix.long_share": 0.25, "mix.schedule": schedules[1]}
-    assert trial["name"].startswith("tiny-random-long0.25-schedule=length_order-")
-    assert trial["name"].endswith("abc_00001")
-    tcfg = cfg.for_trial(trial["student"], trial["params"])
+    assert trial.params == {"mix.long_share": 0.25, "mix.schedule": schedules[1]}
+    assert trial.name.startswith("tiny-random-long0.25-schedule=length_order-")
+    assert trial.name.endswith("abc_00001")
+    tcfg = cfg.for_trial(trial.student, trial.params)
     assert tcfg.mix.schedule.kind == "length_order" and tcfg.mix.long_share == 0.25
 
-    finished = [{"student": "tiny-random", "params": trial["params"], "eval_accuracy": 0.5},
-                {"student": "tiny-random", "params": trial["params"], "eval_accuracy": None}]
+    finished = [Finished("tiny-random", trial.params, {"eval_accuracy": 0.5}),
+                Finished("tiny-random", trial.params, {"eval_accuracy": None})]
     search = _optuna_search(cfg, finished)
     assert search._points_to_evaluate == [{"p0": 0.25, "p1": 1}]  # the scored one only
     assert search._evaluated_rewards == [0.5]
@@ -147,7 +148,7 @@ def test_a_whole_section_varies_keys_that_belong_together() -> None:
         "teachers.large={model: tiny-random, style: short}", "search.long_share=null", "mix.seed=7",
         "search.space={mix: {grid: [{pools: {long: 1, short: 0}}, "
         "{pools: {large: 1, short: 0}, long_pool: large}]}}"])
-    first, second = (cfg.for_trial(t["student"], t["params"]) for t in cfg.trials())
+    first, second = (cfg.for_trial(t.student, t.params) for t in cfg.trials())
     assert first.mix.pools == {"long": 1.0, "short": 0.0} and first.mix.long_pool == "long"
     assert second.mix.long_pool == "large" and second.mix.long_share == 1.0
     assert cfg.mix.seed == 7 and first.mix.seed == 0  # a value replaces the section, defaults fill in

@@ -26,7 +26,7 @@ from typing import Literal
 
 from math_verify import parse, verify
 
-from mixray.curate.extract import last_number
+from mixray.grading.extract import last_number
 
 MAX_ANSWER_CHARS = 300
 Check = Literal["math_verify", "string", "number"]
