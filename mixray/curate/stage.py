@@ -61,7 +61,7 @@ def stats(scored: pa.Table) -> dict[str, float]:
         "accepted": accepted,
         "acceptance_rate": accepted / n,
         # no_answer_rate, truncation_rate, error_rate; a failed row counts as no answer here
-        **sample_rates(scored["extracted"].to_pylist(), reasons, error_is_no_answer=True),
+        **sample_rates(scored["extracted"].to_pylist(), reasons),
         "string_fallback": fallback,
         "string_fallback_rate": fallback / n,
         "tokens_mean": float(np.mean(tokens)),

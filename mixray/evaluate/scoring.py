@@ -86,7 +86,7 @@ def _sample_rates(samples: list[Mapping[str, Any]]) -> dict[str, float]:
     """Mean response length and `grading.rates.sample_rates`, in the order metrics list them."""
     # a failed generation is an error, not a completion without an answer
     rates = sample_rates([s["extracted"] for s in samples],
-                         [s["finish_reason"] for s in samples], error_is_no_answer=False)
+                         [s["finish_reason"] for s in samples])
     tokens = math.fsum(s["n_tokens"] for s in samples) / len(samples)
     return {"response_tokens_mean": tokens} | {key: rates[key] for key in RATE_ORDER}
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
-from mixray.curate.stage import score, stats
+from mixray.artifacts import StageDir
+from mixray.config import CurateConfig
+from mixray.curate.stage import curate, score, stats
 from mixray.grading.extract import extract_answer, last_boxed
 from mixray.grading.verify import is_correct
 
@@ -90,3 +94,22 @@ def test_curation_counts_answers_compared_as_text() -> None:
     assert scored["verified_by"].to_pylist() == ["math_verify", "string", None, "math_verify"]
     s = stats(scored)
     assert s["string_fallback"] == 1 and s["string_fallback_rate"] == 0.25
+
+
+def test_a_failed_row_is_an_error_not_a_missing_answer_and_never_pooled(tmp_path) -> None:
+    table = _generations()
+    reasons = table["finish_reason"].to_pylist()
+    reasons[3] = "error"  # the engine failed this row: its completion stands for nothing
+    table = table.set_column(table.schema.get_field_index("finish_reason"), "finish_reason",
+                             pa.array(reasons))
+    table = table.set_column(table.schema.get_field_index("completion"), "completion",
+                             pa.array(["Final Answer: \\boxed{2}", "\\boxed{4}", "I am not sure",
+                                       ""]))
+    s = stats(score(table))
+    assert s["error_rate"] == 0.25 and s["no_answer_rate"] == 0.25  # row c only
+    gen = StageDir(tmp_path, "generate", {"x": 1})
+    (gen.path / "data").mkdir(parents=True)
+    pq.write_table(table, gen.path / "data" / "part-0.parquet")
+    cur, _, _ = curate(gen, CurateConfig(keep="all"), tmp_path)
+    pool = pq.read_table(cur.path / "pool.parquet")
+    assert pool.num_rows == 3 and pc.sum(pc.equal(pool["finish_reason"], "error")).as_py() == 0
