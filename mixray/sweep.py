@@ -24,6 +24,7 @@ from mixray import cluster, disk, logs, models, runtime
 from mixray.config import SweepConfig, SweepFileError, load_sweep
 
 if TYPE_CHECKING:  # imported where used: Ray, MLflow and the stages load slowly
+    from mixray.analysis import GapRow
     from mixray.artifacts import StageDir
     from mixray.tracking import Finished
     from mixray.tune import Outcome
@@ -255,17 +256,28 @@ def _close_stopped(cfg: SweepConfig, parent_id: str, outcomes: list[Outcome]) ->
                                 f"{cfg.search.scheduler.kind} at step {step}")
 
 
-def sweep_gaps(cfg: SweepConfig, parent_id: str) -> list[Any]:
-    """ΔLong / ΔLarge and the best mix against the best single source, per student (the
-    report's analysis, over this invocation's finished trials)."""
+def sweep_gaps(cfg: SweepConfig, trials: list[dict[str, Any]]) -> list[GapRow]:
+    """ΔLong / ΔLarge and the best mix against the best single source, per student, from this
+    invocation's summary rows (trials finished now or before): the same analysis the report
+    runs on what MLflow holds, without reading back what the sweep has in hand."""
     from mixray import tracking
-    from mixray.analysis import curve_points, gap_rows
+    from mixray.analysis import Trial, curve_points, gap_rows
 
-    record = tracking.load_sweep_record(cfg.experiment, cfg.tracking_uri, parent_id)
-    return gap_rows(curve_points(record.trials))
+    records = []
+    for row in trials:
+        one = cfg.for_trial(row["student"], row["params"])
+        finished = row["error"] is None and not row["stopped_early"]
+        records.append(Trial(
+            run_id=row["trial"], name=row["trial"], status="FINISHED" if finished else "FAILED",
+            student=row["student"], share=one.mix.long_share,
+            pools=(one.mix.long_pool, one.mix.short_pool), schedule=tracking.schedule_label(one),
+            accuracy=row["eval_accuracy"], stderr=row["eval_accuracy_stderr"],
+            train_loss=row["train_loss"], loss_curve=(), benchmarks={}, data_card=None,
+            error=row["error"]))
+    return gap_rows(curve_points(records))
 
 
-def gap_metrics(rows: list[Any]) -> dict[str, float]:
+def gap_metrics(rows: list[GapRow]) -> dict[str, float]:
     out = {}
     for r in rows:
         key = f"{Path(r.student).name}/{r.pools[0]}_vs_{r.pools[1]}"
@@ -321,7 +333,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
         _close_stopped(cfg, inv.parent_run_id, outcomes)
         discard_stopped(ctx, outcomes)
         trials = _trial_rows(cfg, outcomes, done)
-        gaps = sweep_gaps(cfg, inv.parent_run_id)
+        gaps = sweep_gaps(cfg, trials)
         tracking.log_gaps(cfg, inv.parent_run_id, gap_metrics(gaps))
         status = "finished" if all(t["error"] is None for t in trials) else "failed"
     finally:
@@ -341,7 +353,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
     return summary
 
 
-def _gap_dict(g: Any) -> dict[str, Any]:
+def _gap_dict(g: GapRow) -> dict[str, Any]:
     return {"student": g.student, "pools": list(g.pools), "name": g.gap_name, "gap": g.gap,
             "p_first": g.p_first, "p_second": g.p_second, "best_single": g.best_single,
             "best_mix_share": g.best_mix.share if g.best_mix else None,

@@ -38,3 +38,26 @@ def test_summary_shows_unknown_errors_and_pools_that_ran_dry() -> None:
     assert "48 " in ok and "dry" not in ok and "0.250 ± 0.050" in ok
     assert "40 (1 dry)" in short and "0.250 ± nan" in short and "± 0.000" not in short
     assert "pools ran dry (the others filled in) in short" in text
+
+
+def test_gaps_come_from_the_trials_the_sweep_holds() -> None:
+    """ΔLong = P(long only) - P(short only), and the best mix against the best single source,
+    over finished trials only: a failed trial and one stopped early never count."""
+    from mixray.sweep import gap_metrics, sweep_gaps
+
+    cfg = load_sweep(SMOKE, [])
+    student = cfg.students[0]
+    rows = [_trial("s0", student, 0.0, eval_accuracy=0.30),
+            _trial("s02", student, 0.2, eval_accuracy=0.45),
+            _trial("s1", student, 1.0, eval_accuracy=0.20),
+            _trial("broken", student, 0.5, eval_accuracy=None, error="boom"),
+            _trial("stopped", student, 0.8, eval_accuracy=0.90, stopped_early=True)]
+    for row in rows:  # the search's own key, as SweepConfig.trials() names it
+        row["params"] = {"mix.long_share": row["long_share"]}
+    (gap,) = sweep_gaps(cfg, rows)
+    assert (gap.gap_name, gap.pools) == ("ΔLong", ("long", "short"))
+    assert math.isclose(gap.gap, 0.20 - 0.30) and math.isclose(gap.best_single, 0.30)
+    assert gap.best_mix.share == 0.2 and math.isclose(gap.mix_gain, 0.45 - 0.30)
+    logged = gap_metrics([gap])
+    assert math.isclose(logged[f"{student}/long_vs_short/gap"], -0.10)
+    assert logged[f"{student}/long_vs_short/best_mix_share"] == 0.2
