@@ -40,8 +40,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mixray import logs
-from mixray.config import PAPER_PROMPT, ProblemsConfig, SamplingConfig
-from mixray.generate.stage import STYLE_SYSTEM, GenerationJob, messages, run_generation
+from mixray.generate.config import PAPER_PROMPT, SamplingConfig
+from mixray.generate.job import GenerationJob, messages
+from mixray.generate.stage import STYLE_SYSTEM, run_generation
+from mixray.problems.config import ProblemsConfig, ReasoningGymSource
 
 log = logging.getLogger("mixray.benchmarks.generation")
 OUT = Path(__file__).parent / "results" / "generation.json"
@@ -102,8 +104,8 @@ def main() -> None:
     from mixray.problems.stage import build_problems
 
     work = Path(tempfile.mkdtemp(prefix="mixray-bench-gen-"))
-    cfg = ProblemsConfig(train_size=args.problems, eval_size=1, task_args={
-        "min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2})
+    cfg = ProblemsConfig(train_size=args.problems, eval_size=1, source=ReasoningGymSource(
+        task_args={"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}))
     problems_dir, _ = build_problems(cfg, work)
     problems_path = problems_dir.path / "train.parquet"
     problems = pq.read_table(problems_path)

@@ -30,6 +30,7 @@ import ray
 
 from mixray import runtime
 from mixray.config import load_sweep
+from mixray.resources import max_concurrent_trials
 from mixray.sweep import run_sweep
 
 OUT = Path(__file__).parent / "results" / "sweep.json"
@@ -49,7 +50,7 @@ def main() -> None:
             started = time.perf_counter()
             summary = run_sweep(cfg)
             wall = time.perf_counter() - started
-            concurrency = cfg.max_concurrent_trials(ray.cluster_resources()["CPU"])
+            concurrency = max_concurrent_trials(cfg, ray.cluster_resources()["CPU"])
         finally:
             ray.shutdown()
     result = measure(summary, wall, concurrency, len(cfg.teachers))

@@ -216,7 +216,7 @@ def run_ray(train: dict, manifest: Path, work: Path) -> tuple[list[dict], float]
     import ray
 
     from mixray import runtime
-    from mixray.config import TrainConfig
+    from mixray.train.config import TrainConfig
     from mixray.train.launch import train_from_config
 
     runtime.connect(num_cpus=2, include_dashboard=False)

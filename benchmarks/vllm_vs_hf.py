@@ -21,7 +21,7 @@ import platform
 import time
 from pathlib import Path
 
-from mixray.config import SamplingConfig
+from mixray.generate.config import SamplingConfig
 from mixray.generate.engine import Completion, Messages
 
 OUT = Path(__file__).parent / "results" / "vllm_vs_hf.json"

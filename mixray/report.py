@@ -33,9 +33,9 @@ from typing import Any
 
 from mixray import logs
 from mixray.analysis import GapRow, Point, SweepRecord, curve_points, gap_rows
-from mixray.config import default_tracking_uri
 from mixray.report_figures import make_figures
 from mixray.report_html import render_html
+from mixray.store import default_tracking_uri
 from mixray.tracking import load_sweep_record
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,7 @@ pool's share of the base mix (`MixSpec.with_long_share`), and `search.long_share
 for `space: {mix.long_share: {grid: [...]}}`.
 
 A trial is a `Trial` record (name, student, values); `SweepConfig.trials()` lists them for grid
-and random search, `mixray.tune` makes Optuna's. This module does not import `mixray.config` at
-import time (config imports it).
+and random search, `mixray.tune` makes Optuna's.
 """
 
 from __future__ import annotations
@@ -32,7 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from mixray.schema import Strict
 
 SEARCHABLE = ("mix.", "train.", "evaluate.")
 LONG_SHARE = "mix.long_share"
@@ -41,11 +42,7 @@ LONG_SHARE = "mix.long_share"
 NOT_SEARCHABLE = ("train.num_workers", "train.keep_checkpoints")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Domain(_Strict):
+class Domain(Strict):
     """One search axis: exactly one of `grid`, `choice`, `uniform`, `loguniform`."""
 
     grid: list[Any] | None = Field(None, min_length=1, description="Every value, exhaustively.")
@@ -88,13 +85,13 @@ class Domain(_Strict):
         return list(self.grid or self.choice or self.uniform or self.loguniform or [])
 
 
-class FifoScheduler(_Strict):
+class FifoScheduler(Strict):
     """Every trial runs to the end."""
 
     kind: Literal["fifo"] = "fifo"
 
 
-class AshaScheduler(_Strict):
+class AshaScheduler(Strict):
     """Asynchronous successive halving: at each rung (a training step: grace_period x
     reduction_factor^k) a trial whose intermediate `metric` is in the worse part of those seen at
     that rung stops early. Ray Train forwards the loop's metrics to Tune as training goes."""
@@ -117,7 +114,7 @@ class AshaScheduler(_Strict):
         return sorted(set(steps))
 
 
-class SearchConfig(_Strict):
+class SearchConfig(Strict):
     """The trials of a sweep: students x the search space."""
 
     algorithm: Literal["grid", "random", "optuna"] = Field(

@@ -6,6 +6,7 @@ MLflow parent run -> Ray Tune trials (mix -> train -> evaluate) -> a summary tab
 Ray is started or joined through `mixray.runtime`, as everywhere. What runs before the trials is
 an `Upstream` record; the summary (summary.json, the printed table) is a JSON document, built
 from the trial records (`mixray.tune.Outcome`, `mixray.tracking.Finished`) in `_trial_rows`.
+The plan and the resource check are `mixray.plan`'s; an invocation's state, `mixray.invocation`'s.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import json
 import logging
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mixray import cluster, disk, logs, models, runtime
 from mixray.config import SweepConfig, SweepFileError, load_sweep
+from mixray.invocation import Invocation
+from mixray.plan import check_resources, plan
 
 if TYPE_CHECKING:  # imported where used: Ray, MLflow and the stages load slowly
     from mixray.analysis import GapRow
@@ -31,117 +33,6 @@ if TYPE_CHECKING:  # imported where used: Ray, MLflow and the stages load slowly
 
 log = logging.getLogger("mixray")
 DEFAULT_SWEEP = Path(__file__).resolve().parent.parent / "sweeps" / "laptop.yaml"
-
-
-def _source(cfg: SweepConfig) -> str:
-    src = cfg.problems.source
-    if src.kind == "reasoning_gym":
-        return f"reasoning-gym {src.task!r} (seed {cfg.problems.seed})"
-    held = (f"held out from {src.eval_source[0]} [{src.eval_source[1]}]" if src.separate_eval
-            else f"held out by seed {cfg.problems.seed}")
-    return f"{src.path} [{src.split}], {held}"
-
-
-def plan(cfg: SweepConfig) -> str:
-    t, r = cfg.train, cfg.resources
-    lines = [
-        f"sweep {cfg.name!r}: run root {cfg.run_root_path}, MLflow {cfg.tracking_uri} "
-        f"(experiment {cfg.experiment!r})",
-        f"problems : {cfg.problems.train_size} train + {cfg.problems.eval_size} held-out from "
-        f"{_source(cfg)}",
-    ]
-    for label, teacher in cfg.teachers.items():
-        s = teacher.sampling
-        lines.append(
-            f"teacher  : {label!r} = {teacher.model or teacher.engine.model} on "
-            f"{teacher.engine.kind} ({teacher.style} CoT, max {s.max_new_tokens} tokens, "
-            f"T={s.temperature}, n={s.n}, {teacher.replicas} replica(s) x {teacher.gpus:g} GPU)"
-        )
-    lines += [
-        f"curate   : {cfg.curate.verifier}, pools keep {cfg.curate.keep} responses",
-        f"trials   : {describe_search(cfg)}",
-        f"train    : Ray Train + DeepSpeed ZeRO-{t.zero_stage}, {t.dtype}, "
-        f"{t.num_workers} workers, "
-        f"{f'{t.epochs:g} epochs' if t.epochs else f'{t.max_steps} steps'} x global batch "
-        f"{t.global_batch}, lr {t.lr:g} ({t.lr_schedule}), packing {t.packing}"
-        + (f", LoRA rank {t.lora.rank}" if getattr(t, "lora", None) else ""),
-        f"evaluate : {', '.join(b.name for b in cfg.evaluate.benchmarks)}; "
-        f"{'greedy' if cfg.evaluate.temperature == 0 else f'T={cfg.evaluate.temperature}'}, "
-        f"n={cfg.evaluate.n_samples}, max {cfg.evaluate.max_new_tokens} tokens",
-        f"resources: {cfg.cpus_per_trial():g} CPU + {cfg.gpus_per_trial():g} GPU per trial, "
-        f"{r.cpus_per_engine:g} CPU per generation actor",
-    ]
-    return "\n".join(lines)
-
-
-def check_resources(cfg: SweepConfig, capacity: dict[str, float]) -> None:
-    """Fail before any work when one trial or one generation actor can never be placed."""
-    needs = [("one trial (train.num_workers x resources.cpus_per_train_worker + a little)",
-              "CPU", cfg.cpus_per_trial()),
-             ("one trial (train.num_workers x resources.gpus_per_train_worker)",
-              "GPU", cfg.gpus_per_trial()),
-             ("one generation actor (resources.cpus_per_engine)", "CPU",
-              cfg.resources.cpus_per_engine)]
-    for label, teacher in cfg.teachers.items():
-        needs.append((f"one replica of teacher {label!r} (teachers.{label}.gpus_per_replica)",
-                      "GPU", teacher.gpus))
-    for what, resource, need in needs:
-        cluster.require(what, resource, need, capacity)
-
-
-def describe_search(cfg: SweepConfig) -> str:
-    s = cfg.search
-    axes = ", ".join(f"{k} {d.kind} {d.corners()}" for k, d in s.axes().items()) or "no axes"
-    how = {"grid": "grid", "random": f"random ({s.num_samples} draws, seed {s.seed})",
-           "optuna": f"optuna TPE ({s.num_samples} per student, {s.mode} {s.metric})"}
-    sched = s.scheduler
-    stop = (f", ASHA on {sched.metric} ({sched.mode}, grace {sched.grace_period}, "
-            f"factor {sched.reduction_factor:g})" if sched.kind == "asha" else "")
-    return (f"{cfg.n_trials()} = students {cfg.students} x {how[s.algorithm]} over {axes}{stop} "
-            f"(long share = pool {cfg.mix.long_pool!r} against {cfg.mix.short_pool!r})")
-
-
-@dataclass
-class Invocation:
-    """One run of a sweep: its id, its MLflow parent and its status, kept in state.json so that
-    `--resume` can find an interrupted run and continue it under the same parent."""
-
-    dir: Path
-    resume_key: str
-    parent_run_id: str | None = None
-    status: str = "running"  # running | finished | failed | interrupted
-
-    @property
-    def id(self) -> str:
-        return self.dir.name
-
-    @classmethod
-    def new(cls, cfg: SweepConfig) -> Invocation:
-        invocation_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        return cls(cfg.run_root_path / "sweeps" / cfg.name / invocation_id, cfg.resume_key())
-
-    @classmethod
-    def latest_unfinished(cls, cfg: SweepConfig) -> Invocation:
-        states = sorted((cfg.run_root_path / "sweeps" / cfg.name).glob("*/state.json"))
-        for path in reversed(states):
-            state = json.loads(path.read_text())
-            if state["status"] == "finished":
-                continue
-            if state["resume_key"] != cfg.resume_key():
-                raise ValueError(
-                    f"--resume: the interrupted run {path.parent.name} of sweep {cfg.name!r} "
-                    "used a different configuration (only search and resources may change); "
-                    "run without --resume to start a new sweep")
-            return cls(path.parent, state["resume_key"], state["parent_run_id"], state["status"])
-        raise ValueError(f"--resume: sweep {cfg.name!r} has no interrupted run under "
-                         f"{cfg.run_root_path / 'sweeps' / cfg.name}")
-
-    def save(self, status: str) -> None:
-        self.status = status
-        self.dir.mkdir(parents=True, exist_ok=True)
-        state = {"resume_key": self.resume_key, "parent_run_id": self.parent_run_id,
-                 "status": status}
-        (self.dir / "state.json").write_text(json.dumps(state, indent=2))
 
 
 @dataclass

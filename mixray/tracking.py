@@ -26,7 +26,8 @@ from mlflow.tracking import MlflowClient
 from mixray import search  # search.Trial: a trial to run (analysis.Trial: one read back)
 from mixray.analysis import SweepRecord, Trial, trial_accuracy
 from mixray.artifacts import spec_key
-from mixray.config import SweepConfig, sqlite_path
+from mixray.config import SweepConfig
+from mixray.store import sqlite_path
 
 log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"

@@ -9,7 +9,7 @@ least at the steps of its rungs: train_loss, or val_loss on the problems the mix
 
 The trial itself reserves almost nothing (0.01 CPU); its TorchTrainer asks for its own workers,
 which Tune does not count (Ray Train V2), so concurrency is derived from the declared resources
-(`SweepConfig.max_concurrent_trials`) to keep trials from waiting on each other forever.
+(`mixray.resources`) to keep trials from waiting on each other forever.
 
 Trials are `mixray.search.Trial` records and each run returns an `Outcome`. Tune carries a grid
 trial in its config as a plain dict (`_grid_space` / `_grid_trial`, the one boundary).
@@ -32,9 +32,10 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from mixray import cluster, disk, logs, tracking
-from mixray.config import TRIAL_CPU, SweepConfig
-from mixray.evaluate import evaluate_model
+from mixray.config import SweepConfig
+from mixray.evaluate.stage import evaluate_model
 from mixray.mix.stage import run_mix
+from mixray.resources import TRIAL_CPU, max_concurrent_trials
 from mixray.search import Domain, Trial, trial_name
 from mixray.tracking import Finished
 from mixray.train.launch import keep_only_student, train_from_config
@@ -221,7 +222,7 @@ def run_tune(ctx: SweepContext, todo: list[Trial], done: dict[str, Finished]) ->
     ones; return one outcome per trial that ran now."""
     cfg = ctx.cfg
     capacity = cluster.capacity()
-    concurrency = cfg.max_concurrent_trials(capacity.get("CPU", 0.0), capacity.get("GPU", 0.0))
+    concurrency = max_concurrent_trials(cfg, capacity.get("CPU", 0.0), capacity.get("GPU", 0.0))
     base = f"{cfg.name}-{ctx.invocation}"
     if cfg.search.algorithm != "optuna":
         log.info("tune: %d trials, %d at a time", len(todo), min(concurrency, len(todo)))

@@ -13,13 +13,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mixray.artifacts import StageDir
-from mixray.config import CurateConfig
+from mixray.curate.config import CurateConfig
 from mixray.grading.grade import score_completion
 from mixray.grading.rates import sample_rates
 from mixray.grading.verify import VERIFIER_VERSION
 
 log = logging.getLogger(__name__)
 NEEDED = ("problem_id", "answer", "completion", "n_tokens", "finish_reason")
+# Bump when curation writes something else for the same generation and policy: which rows enter
+# a pool (never a row the engine failed on, even with keep "all"), the columns, the stats.
+CURATION_VERSION = 1
 
 
 def score(table: pa.Table) -> pa.Table:
@@ -71,11 +74,8 @@ def stats(scored: pa.Table) -> dict[str, float]:
 
 
 def curate_stage(generation: StageDir, cfg: CurateConfig, run_root: Path) -> StageDir:
-    # "failed": rows the engine failed on never enter a pool, even with keep "all" (they did
-    # before: empty completions to train on); the entry keeps older pools' keys apart.
-    # "verified_by": outputs carry that column and stats.json its string_fallback count.
-    spec = {"generation": generation.key, "verifier": VERIFIER_VERSION, "keep": cfg.keep,
-            "failed": "excluded", "verified_by": "recorded"}
+    spec = {"version": CURATION_VERSION, "generation": generation.key,
+            "verifier": VERIFIER_VERSION, "keep": cfg.keep}
     return StageDir(run_root, "curate", spec)
 
 

@@ -22,7 +22,9 @@ import yaml
 from pydantic import ValidationError
 
 from mixray import logs, models
-from mixray.config import EvaluateConfig, TrainConfig, default_tracking_uri, sqlite_path
+from mixray.evaluate.config import EvaluateConfig
+from mixray.store import default_tracking_uri, sqlite_path
+from mixray.train.config import TrainConfig
 
 log = logging.getLogger("mixray")
 

@@ -22,7 +22,7 @@ Shorthands (the CLI's ``--benchmarks`` and strings in a sweep file) are parsed b
 ``heldout=runs/.../eval.parquet``, ``rg:basic_arithmetic[:SIZE]``, ``hf:owner/name``,
 ``mine=/data/mine.jsonl`` or a bare ``/data/mine.jsonl``.
 
-This module imports neither Ray nor `mixray.config` (the config imports it).
+This module imports no Ray: `mixray.evaluate.config` reads these specs from a sweep file.
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from mixray.grading.grade import AnswerFormat
+from mixray.problems.config import known_reasoning_gym_task
 from mixray.problems.datasets import (
     LOCAL_SUFFIXES,
     AnswerTransform,
@@ -46,6 +47,7 @@ from mixray.problems.datasets import (
     source_name,
     usable_rows,
 )
+from mixray.schema import Strict
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +57,13 @@ NAME_PATTERN = r"^[A-Za-z0-9_-]+$"  # becomes part of MLflow metric names: eval.
 EVAL_RG_SEED = 2_000_003
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 def _check_prompt(prompt: str | None) -> str | None:
     if prompt is not None and "{problem}" not in prompt:
         raise ValueError("a benchmark prompt template must contain the field {problem}")
     return prompt
 
 
-class HeldOutBenchmark(_Spec):
+class HeldOutBenchmark(Strict):
     """The sweep's held-out problems (problems schema: problem_id, problem, answer)."""
 
     kind: Literal["heldout"] = "heldout"
@@ -79,7 +77,7 @@ class HeldOutBenchmark(_Spec):
     _prompt = field_validator("prompt")(_check_prompt)
 
 
-class DatasetBenchmark(_Spec):
+class DatasetBenchmark(Strict):
     """Any dataset: a hub dataset (``hf:owner/name``) or a local jsonl/json/parquet file."""
 
     kind: Literal["dataset"] = "dataset"
@@ -138,7 +136,7 @@ RegistryName = Literal["math500", "math", "gsm8k", "amc2023", "aime2024", "olymp
 assert set(REGISTRY) == set(RegistryName.__args__), "RegistryName must list the registry"
 
 
-class RegistryBenchmark(_Spec):
+class RegistryBenchmark(Strict):
     """One of the paper's benchmarks by name: its source, fields, scoring and size from REGISTRY."""
 
     kind: Literal["registry"] = "registry"
@@ -162,18 +160,7 @@ class RegistryBenchmark(_Spec):
         return base.model_copy(update={"path": self.path or base.path, "limit": self.limit})
 
 
-def known_reasoning_gym_task(task: str) -> str:
-    """A reasoning-gym dataset name, or a ValueError naming similar ones."""
-    import reasoning_gym  # noqa: F401  (imported for its registry)
-    from reasoning_gym.factory import DATASETS
-
-    if task not in DATASETS:
-        close = sorted(n for n in DATASETS if task.split("_")[0] in n)[:8]
-        raise ValueError(f"unknown reasoning-gym task {task!r}; similar: {close or 'none'}")
-    return task
-
-
-class ReasoningGymBenchmark(_Spec):
+class ReasoningGymBenchmark(Strict):
     """An offline set from a reasoning-gym task (no network). Problems whose text appears among
     the training problems are skipped, so the set never scores a trained-on problem."""
 

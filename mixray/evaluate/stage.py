@@ -33,16 +33,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mixray.artifacts import spec_key
-from mixray.config import EvaluateConfig, SamplingConfig
 from mixray.evaluate.benchmarks import (
     LoadedBenchmark,
     ReasoningGymBenchmark,
     load_benchmark,
     read_problem_texts,
 )
+from mixray.evaluate.config import EvaluateConfig
 from mixray.evaluate.judge import judge_prompt, parse_verdict
 from mixray.evaluate.scoring import average_metrics, benchmark_metrics, metric_name
-from mixray.generate.stage import GenerationJob, run_generation
+from mixray.generate.config import SamplingConfig
+from mixray.generate.job import GenerationJob
+from mixray.generate.stage import run_generation
 from mixray.grading.grade import AnswerFormat, score_completion
 from mixray.grading.verify import VERIFIER_VERSION
 

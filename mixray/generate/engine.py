@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from mixray.config import SamplingConfig
+from mixray.generate.config import SamplingConfig
 
 Messages = list[dict[str, str]]
 SEED_BITS = 31  # vLLM and OpenAI-compatible servers take a signed 32-bit seed

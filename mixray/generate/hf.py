@@ -9,7 +9,7 @@ from typing import Literal
 
 import torch
 
-from mixray.config import SamplingConfig
+from mixray.generate.config import SamplingConfig
 from mixray.generate.engine import Completion, Messages, batch_seed
 
 DType = Literal["float32", "bfloat16", "float16"]

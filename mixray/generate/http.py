@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from mixray.config import HTTPEngineConfig, SamplingConfig
+from mixray.generate.config import HTTPEngineConfig, SamplingConfig
 from mixray.generate.engine import Completion, Messages
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,8 @@ fails and is not committed) and retried by the next run; they are never cached a
 
 The engine is the teacher's choice (`TeacherConfig.engine`): hf (transformers), vllm (`vllm.LLM`,
 imported only when chosen) or http (an OpenAI-compatible endpoint). Each actor of the pool holds
-one engine and reserves ``cpus_per_engine`` CPUs and ``gpus_per_replica`` GPUs.
+one engine and reserves ``cpus_per_engine`` CPUs and ``gpus_per_replica`` GPUs. One pass is a
+`mixray.generate.job.GenerationJob`, checked by `job.preflight` before any actor starts.
 
 A teacher's output is keyed by what determines its bytes (problems, model, engine kind and its
 precision or served model, prompt, style, sampling); replicas, batch size, CPUs, GPUs, rate
@@ -24,7 +25,6 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +34,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from mixray import cluster
 from mixray.artifacts import StageDir
-from mixray.config import (
-    DEFAULT_MAX_ERROR_RATE,
-    EngineConfig,
-    HFEngineConfig,
-    SamplingConfig,
-    TeacherConfig,
-)
-from mixray.generate.engine import Completion, Engine, Messages, row_seed
+from mixray.generate.config import TeacherConfig
+from mixray.generate.engine import Completion, Messages, row_seed
+from mixray.generate.job import GenerationJob, load_engine, messages, preflight
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +47,7 @@ STYLE_SYSTEM = {
     "in detail before giving the final answer.",
     "short": "You are a concise solver. Give only the essential step, then the final answer.",
 }
-# Bump one when that engine's output for the same inputs changes. "hf-1" predates the other
-# engines and stays what it was, so existing hf generations keep their keys.
+# Bump one when that engine's output for the same inputs changes.
 ENGINE_VERSIONS = {"hf": "hf-1", "vllm": "vllm-1", "http": "http-1"}
 # How sampled rows are seeded (`row_seed`, and for HF one generator per batch seeded from its
 # rows); it enters the key of sampled generations only: greedy output does not depend on it.
@@ -62,61 +55,9 @@ SEEDING = "row-1"
 INPUT_COLUMNS = ("problem_id", "problem", "answer")
 
 
-@dataclass(frozen=True)
-class GenerationJob:
-    """Everything one pass of the stage needs; placement fields last."""
-
-    label: str
-    model_path: str | None  # a local model folder; None for an http teacher
-    prompt: str
-    system: str | None
-    sampling: SamplingConfig
-    batch_size: int = 8
-    replicas: int = 1
-    cpus_per_engine: float = 0.5
-    torch_threads: int = 1
-    engine: EngineConfig = field(default_factory=HFEngineConfig)
-    gpus_per_replica: float = 0.0
-    max_error_rate: float = DEFAULT_MAX_ERROR_RATE  # decides whether the output is kept
-
-
 class GenerationFailed(RuntimeError):
     """More rows failed than the job allows. Its parts stay where they are, uncommitted: a rerun
     regenerates the failed rows only (CLIs exit 1 on this)."""
-
-
-def messages(system: str | None, prompt: str, problem: str) -> list[dict[str, str]]:
-    turns = [{"role": "system", "content": system}] if system else []
-    return turns + [{"role": "user", "content": prompt.format(problem=problem)}]
-
-
-def load_engine(job: GenerationJob) -> Engine:
-    """The job's engine, in the current process (a generation actor)."""
-    kind = job.engine.kind
-    if kind == "http":
-        from mixray.generate.http import HTTPEngine
-
-        return HTTPEngine.from_config(job.engine, replicas=job.replicas,
-                                      concurrency=job.batch_size)
-    assert job.model_path is not None, f"engine {kind} needs a model folder"
-    if kind == "vllm":
-        from mixray.generate.vllm import VLLMEngine
-
-        e = job.engine
-        return VLLMEngine.load(job.model_path, max_model_len=e.max_model_len, dtype=e.dtype,
-                               enforce_eager=e.enforce_eager,
-                               gpu_memory_utilization=e.gpu_memory_utilization,
-                               tensor_parallel_size=e.tensor_parallel_size,
-                               enable_prefix_caching=e.enable_prefix_caching,
-                               seed=job.sampling.seed,
-                               # the actor holds the tensor-parallel GPUs itself (see load)
-                               distributed_executor_backend="mp"
-                               if e.tensor_parallel_size > 1 else None)
-    assert kind == "hf", kind
-    from mixray.generate.hf import HFEngine
-
-    return HFEngine.load(job.model_path, job.torch_threads, dtype=job.engine.dtype,
-                         device="cuda" if job.gpus_per_replica > 0 else "cpu")
 
 
 class _EngineActor:
@@ -243,30 +184,6 @@ def pending_rows(rows: pa.Table, done: set[tuple[str, int]]) -> pa.Table:
     return rows.filter(pa.array([k not in done for k in keys], pa.bool_()))
 
 
-def preflight(job: GenerationJob) -> None:
-    """Refuse, before any actor starts, what cannot work here (vllm missing, replicas asking for
-    GPUs the cluster can never have); warn about GPUs its autoscaler has yet to add."""
-    if job.engine.kind == "vllm":
-        import importlib.util
-
-        from mixray.generate.vllm import INSTALL_HINT
-
-        # The driver runs in the actors' environment on a local cluster and on the head of a
-        # cluster built from one image (`ray job submit`): failing here takes a second, while
-        # the actor's own ImportError surfaces only after the pool has started.
-        if importlib.util.find_spec("vllm") is None:
-            raise ValueError(f"teacher {job.label!r}: {INSTALL_HINT}")
-    if job.gpus_per_replica > 0:
-        now = dict(ray.cluster_resources())
-        cluster.require(f"each replica of {job.label!r} (gpus_per_replica; 0 runs it on CPUs)",
-                        "GPU", job.gpus_per_replica, cluster.capacity(now))
-        gpus = now.get("GPU", 0.0)
-        if gpus < job.gpus_per_replica:
-            log.warning("generate[%s]: each replica asks for %g GPU(s) and the cluster has %g "
-                        "now; the actors wait for the autoscaler",
-                        job.label, job.gpus_per_replica, gpus)
-
-
 def run_generation(job: GenerationJob, problems_path: Path, out_dir: Path) -> dict[str, float]:
     """Generate ``job.sampling.n`` completions per problem into ``out_dir`` (Parquet parts);
     return throughput.
@@ -378,12 +295,9 @@ def generation_spec(label: str, teacher: TeacherConfig, problems_key: str) -> di
         "model": teacher.model,
         "prompt": teacher.prompt,
         "system": STYLE_SYSTEM[teacher.style],
-        # n=1 is what every generation before `n` existed was: left out, their keys stay.
-        "sampling": sampling.model_dump(exclude={"n"} if sampling.n == 1 else None),
+        "sampling": sampling.model_dump(),
+        "engine_settings": teacher.engine.content(),
     }
-    settings = teacher.engine.content()
-    if settings:
-        spec["engine_settings"] = settings
     if sampling.temperature > 0:
         spec["seeding"] = SEEDING
     return spec

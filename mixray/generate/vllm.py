@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mixray.config import SamplingConfig
+from mixray.generate.config import SamplingConfig
 from mixray.generate.engine import Completion, Messages
 
 INSTALL_HINT = (

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mixray.config import LengthOrderSchedule, MixSpec
+from mixray.mix.config import LengthOrderSchedule, MixSpec
 from mixray.mix.sampler import Shortfall
 from mixray.mix.schedule import Segment, demand
 

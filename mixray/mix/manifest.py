@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from mixray.config import LengthOrderSchedule, MixSpec
 from mixray.mix.card import data_card
+from mixray.mix.config import LengthOrderSchedule, MixSpec
 from mixray.mix.sampler import (
     Pick,
     PoolStreams,

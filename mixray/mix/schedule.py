@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mixray.config import MixSpec, MixWeights, PhasesSchedule, RampSchedule
+from mixray.mix.config import MixSpec, MixWeights, PhasesSchedule, RampSchedule
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from mixray.config import MixSpec
+from mixray.mix.config import MixSpec
 from mixray.mix.manifest import build_manifest
 from mixray.mix.validation import split_validation
 

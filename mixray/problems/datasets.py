@@ -9,8 +9,8 @@ caller writes them aside and counts them. A source expected to hold a given numb
 is checked on read, so a truncated download or a wrong split fails loudly.
 
 Both the problems stage (training and held-out problems from a dataset) and evaluation (its
-benchmarks, `mixray.evaluate.benchmarks`) read datasets here. This module imports neither Ray
-nor `mixray.config` (the config imports it).
+benchmarks, `mixray.evaluate.benchmarks`) read datasets here. This module imports no Ray:
+`mixray.problems.config` reads its field mappings from a sweep file.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from mixray.grading.extract import last_boxed, last_number
 from mixray.grading.grade import AnswerFormat
+from mixray.schema import Strict
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,8 @@ solution (MATH); ``after_hashes`` the text after ``####`` (GSM8K); ``join_list``
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
-class FieldMap(BaseModel):
+class FieldMap(Strict):
     """Which columns of a dataset hold the problem, the gold answer and (optionally) an id."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     problem: str = Field("problem", description="Column with the problem text.")
     answer: str = Field("answer", description="Column the gold answer is taken from.")

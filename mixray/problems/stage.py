@@ -14,7 +14,7 @@ Two sources (`ProblemsConfig.source`):
 
 What the stage folder holds: ``train.parquet``, ``eval.parquet``, ``bad_rows.parquet``
 (split, source, index, reason, record as JSON; empty when every record was usable) and
-``summary.json`` (counts). Folders built before bad rows existed hold only the first two.
+``summary.json`` (counts).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mixray.artifacts import StageDir
-from mixray.config import DatasetSource, ProblemsConfig, ReasoningGymSource
+from mixray.problems.config import DatasetSource, ProblemsConfig, ReasoningGymSource
 from mixray.problems.datasets import read_records, source_name, usable_rows
 
 log = logging.getLogger(__name__)
@@ -91,22 +91,17 @@ def _file_sha256(path: str) -> str:
 
 
 def problems_stage(cfg: ProblemsConfig, run_root: Path) -> StageDir:
-    """The keyed output dir holding ``train.parquet`` and ``eval.parquet``.
-
-    A reasoning-gym key has the layout it had before sources were a choice, so those problem
-    sets (and every generation keyed on them) stay cached. A dataset key holds the sha256 of
-    each local file read, so an edited file is read again; hub datasets are keyed by id,
-    config and split (pin one with a local copy).
+    """The keyed output dir holding ``train.parquet`` and ``eval.parquet``: keyed by the source
+    and the sizes. A dataset key also holds the sha256 of each local file read, so an edited
+    file is read again; hub datasets are keyed by id, config and split (pin one with a local
+    copy).
     """
     src = cfg.source
-    sizes = {"train_size": cfg.train_size, "eval_size": cfg.eval_size, "seed": cfg.seed}
-    if isinstance(src, ReasoningGymSource):
-        spec = {"version": 1, "source": "reasoning_gym", "task": src.task,
-                "task_args": src.task_args, **sizes}
-    else:
+    spec = {"version": 1, "source": src.model_dump(), "train_size": cfg.train_size,
+            "eval_size": cfg.eval_size, "seed": cfg.seed}
+    if isinstance(src, DatasetSource):
         local = sorted({p for p in (src.path, src.eval_path) if p and not p.startswith("hf:")})
-        spec = {"version": 1, "source": src.model_dump(), **sizes,
-                "files": {p: _file_sha256(p) for p in local}}
+        spec["files"] = {p: _file_sha256(p) for p in local}
     return StageDir(run_root, "problems", spec)
 
 
@@ -135,10 +130,9 @@ def build_problems(cfg: ProblemsConfig, run_root: Path) -> tuple[StageDir, bool]
     return stage, False
 
 
-def problems_summary(stage: StageDir) -> dict[str, Any] | None:
-    """The counts of a committed problems stage (None for folders built before they existed)."""
-    path = stage.path / "summary.json"
-    return json.loads(path.read_text()) if path.exists() else None
+def problems_summary(stage: StageDir) -> dict[str, Any]:
+    """The counts of a committed problems stage (its ``summary.json``)."""
+    return json.loads((stage.path / "summary.json").read_text())
 
 
 def _reasoning_gym_sets(cfg: ProblemsConfig, src: ReasoningGymSource

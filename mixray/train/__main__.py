@@ -28,7 +28,7 @@ import yaml
 from pydantic import ValidationError
 
 from mixray import disk, logs, models
-from mixray.config import TrainConfig
+from mixray.train.config import TrainConfig
 
 log = logging.getLogger("mixray.train")
 

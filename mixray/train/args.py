@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mixray.config import TrainConfig
+from mixray.train.config import TrainConfig
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM
 from mixray.train.args import LoopArgs
 
 if TYPE_CHECKING:
-    from mixray.config import LoraConfig
+    from mixray.train.config import LoraConfig
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from mixray.config import TrainConfig
 from mixray.disk import human_size, remove
 from mixray.train.args import LoopArgs
+from mixray.train.config import TrainConfig
 from mixray.train.loop import train
 from mixray.train.reporting import KEEP_CHECKPOINTS, Reporter
 

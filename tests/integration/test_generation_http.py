@@ -34,7 +34,7 @@ SAMPLING = {"max_new_tokens": 8, "temperature": 0.7, "n": 2}
 
 
 def serve(model_dir: str, fail_always: str, fail_once: str) -> None:
-    from mixray.config import SamplingConfig
+    from mixray.generate.config import SamplingConfig
     from mixray.generate.hf import HFEngine
 
     engine = HFEngine.load(model_dir, torch_threads=1)
@@ -102,8 +102,9 @@ def served(ray_cluster, tmp_path_factory):
     """The test server on the tiny model, failing for two of ten problems; while it loads, the
     hf teacher generates the same problems. Yields (base_url, problems, broken, flaky, hf run)."""
     from mixray import models
-    from mixray.config import ProblemsConfig, TeacherConfig
+    from mixray.generate.config import TeacherConfig
     from mixray.generate.stage import generate_teacher
+    from mixray.problems.config import ProblemsConfig
     from mixray.problems.stage import build_problems
 
     tmp = tmp_path_factory.mktemp("http")
@@ -127,7 +128,7 @@ def served(ray_cluster, tmp_path_factory):
 
 
 def test_http_teacher_matches_hf_schema_and_counts_errors(served, tmp_path: Path) -> None:
-    from mixray.config import TeacherConfig
+    from mixray.generate.config import TeacherConfig
     from mixray.generate.stage import generate_teacher
 
     base_url, problems, broken, flaky, (hf_stage, hf_stats) = served
@@ -160,7 +161,7 @@ def test_http_teacher_matches_hf_schema_and_counts_errors(served, tmp_path: Path
 def test_a_served_model_is_evaluated_like_a_local_one(served, tmp_path: Path) -> None:
     """python -m mixray.evaluate --engine '{kind: http, ...}': the evaluation stage with no model
     folder, every held-out problem scored, no engine errors."""
-    from mixray.config import EvaluateConfig
+    from mixray.evaluate.config import EvaluateConfig
     from mixray.evaluate.stage import load_benchmarks, run_evaluation
 
     base_url, problems, *_ = served

@@ -9,7 +9,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from mixray import models
-from mixray.config import SamplingConfig, load_sweep
+from mixray.config import load_sweep
+from mixray.generate.config import SamplingConfig
 from mixray.generate.stage import generate_teacher, teacher_stage
 from mixray.problems.stage import build_problems
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from mixray.config import ProblemsConfig, TeacherConfig
+from mixray.generate.config import TeacherConfig
 from mixray.generate.stage import generate_teacher
 from mixray.models import resolve
+from mixray.problems.config import ProblemsConfig
 from mixray.problems.stage import build_problems
 
 pytestmark = [pytest.mark.integration]

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mixray.config import TrainConfig
 from mixray.models import resolve
+from mixray.train.config import TrainConfig
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -23,9 +23,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from mixray.config import TrainConfig
 from mixray.models import resolve
 from mixray.train import faults
+from mixray.train.config import TrainConfig
 from mixray.train.launch import train_from_config
 
 pytestmark = pytest.mark.integration

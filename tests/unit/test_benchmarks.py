@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from mixray.config import EvaluateConfig, load_sweep
+from mixray.config import load_sweep
 from mixray.evaluate import stage
 from mixray.evaluate.__main__ import format_summary, main
 from mixray.evaluate.benchmarks import (
@@ -29,7 +29,8 @@ from mixray.evaluate.benchmarks import (
     RegistryBenchmark,
     load_benchmark,
 )
-from mixray.evaluate.judge import JudgeConfig, parse_verdict
+from mixray.evaluate.config import EvaluateConfig, JudgeConfig
+from mixray.evaluate.judge import parse_verdict
 from mixray.evaluate.scoring import average_metrics
 from mixray.problems.datasets import FieldMap, gold_answer
 

@@ -41,7 +41,8 @@ def _smoke() -> dict:
         (lambda d: d["search"].update(long_share=[0.2, 1.5]), "search.long_share", "[0, 1]"),
         (lambda d: d["teachers"]["long"].update(style="medium"), "teachers.long.style", "'long'"),
         (lambda d: d["teachers"]["long"].update(prompt="no field"), "teachers.long.prompt", "{problem}"),
-        (lambda d: d["problems"].update(task="no_such_task"), "problems.task", "unknown reasoning-gym"),
+        (lambda d: d["problems"]["source"].update(task="no_such_task"), "problems.source",
+         "unknown reasoning-gym"),
         (lambda d: d.pop("students"), "students", "missing"),
         (lambda d: d["mix"].update(long_pool="huge") if "mix" in d else d.update(mix={"long_pool": "huge"}),
          "mix.long_pool", "not a teacher label"),
@@ -81,15 +82,17 @@ def test_override_of_unknown_key_is_refused() -> None:
 
 
 def test_concurrency_follows_declared_resources() -> None:
+    from mixray.resources import cpus_per_trial, max_concurrent_trials
+
     cfg = load_sweep(REPO / "sweeps" / "smoke.yaml", ["search.long_share=[0, 0.25, 0.5, 1]"])
-    assert cfg.cpus_per_trial() == pytest.approx(0.99)
-    assert cfg.max_concurrent_trials(2.0) == 2
-    assert cfg.max_concurrent_trials(1.0) == 1
-    assert cfg.max_concurrent_trials(64.0) == 4  # never more than there are trials
+    assert cpus_per_trial(cfg) == pytest.approx(0.99)
+    assert max_concurrent_trials(cfg, 2.0) == 2
+    assert max_concurrent_trials(cfg, 1.0) == 1
+    assert max_concurrent_trials(cfg, 64.0) == 4  # never more than there are trials
 
 
 def test_work_the_cluster_can_never_place_is_refused_by_name() -> None:
-    from mixray.sweep import check_resources
+    from mixray.plan import check_resources
 
     cfg = load_sweep(REPO / "sweeps" / "smoke.yaml", ["teachers.long.engine={kind: vllm}"])
     check_resources(load_sweep(REPO / "sweeps" / "smoke.yaml"), {"CPU": 2.0})  # fits
@@ -111,6 +114,20 @@ def test_cli_bad_key_exits_2_with_one_paragraph_and_no_traceback() -> None:
     assert proc.returncode == 2
     assert "bogus" in proc.stderr and "sweeps/smoke.yaml" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_cli_refuses_an_earlier_flat_problems_form_naming_the_new_key(tmp_path: Path) -> None:
+    """problems.task / task_args moved under problems.source: an old file stops before any work
+    (exit 2, like every schema error) and says where the key went."""
+    data = _smoke()
+    data["problems"] = {k: v for k, v in data["problems"].items() if k != "source"} | {
+        "task": "basic_arithmetic", "task_args": {"max_terms": 2}}
+    proc = _cli(str(_write(tmp_path, data)), "--dry-run")
+    assert proc.returncode == 2
+    moved = "problems.task: moved to problems.source: {kind: reasoning_gym, task: ...}"
+    assert moved in proc.stderr
+    assert "problems.task_args: moved to problems.source" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout and "sweep " not in proc.stdout
 
 
 def test_cli_dry_run_prints_the_plan() -> None:

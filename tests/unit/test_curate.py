@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mixray.artifacts import StageDir
-from mixray.config import CurateConfig
+from mixray.curate.config import CurateConfig
 from mixray.curate.stage import curate, score, stats
 from mixray.grading.extract import extract_answer, last_boxed
 from mixray.grading.verify import is_correct

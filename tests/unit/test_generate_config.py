@@ -11,19 +11,19 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from mixray.config import (
+from mixray.config import SweepFileError, load_sweep
+from mixray.curate.stage import stats
+from mixray.generate.config import (
     HFEngineConfig,
     HTTPEngineConfig,
-    MixSpec,
     SamplingConfig,
-    SweepFileError,
     TeacherConfig,
     VLLMEngineConfig,
-    load_sweep,
 )
-from mixray.curate.stage import stats
 from mixray.generate.engine import row_seed
-from mixray.generate.stage import GenerationJob, expand_samples, pending_rows, preflight
+from mixray.generate.job import GenerationJob, preflight
+from mixray.generate.stage import expand_samples, pending_rows
+from mixray.mix.config import MixSpec
 from mixray.mix.manifest import build_manifest
 
 REPO = Path(__file__).resolve().parents[2]

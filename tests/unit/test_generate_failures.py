@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mixray.config import SamplingConfig, TeacherConfig
+from mixray.generate.config import SamplingConfig, TeacherConfig
+from mixray.generate.job import GenerationJob
 from mixray.generate.stage import (
     GenerationFailed,
-    GenerationJob,
     check_errors,
     done_rows,
     expand_samples,

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import pytest
 
-from mixray.config import HTTPEngineConfig, SamplingConfig
+from mixray.generate.config import HTTPEngineConfig, SamplingConfig
 from mixray.generate.http import HTTPEngine, RateLimiter
 
 SAMPLING = SamplingConfig(max_new_tokens=8, temperature=0.5, seed=3)

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from mixray.config import ProblemsConfig, TeacherConfig
+from mixray.generate.config import TeacherConfig
 from mixray.generate.stage import STYLE_SYSTEM, generation_spec, teacher_stage
+from mixray.problems.config import ProblemsConfig
 from mixray.problems.stage import problems_stage
 
 ROOT = Path("/nonexistent-run-root")  # keys must touch no disk
@@ -82,22 +83,26 @@ def test_content_enters_the_key() -> None:
     assert len(set(keys.values())) == len(keys), keys  # every change gives its own key
 
 
-def test_default_hf_key_keeps_its_layout_from_before_engines() -> None:
-    """Existing caches stay valid: a greedy hf teacher with n=1 has the spec it always had."""
+def test_generation_spec_names_every_content_field() -> None:
+    """One layout for every engine: all of sampling (n included) and the engine's content."""
     teacher = TeacherConfig(model="tiny-random", style="long")
     spec = generation_spec("long", teacher, PROBLEMS.key)
     assert spec == {
         "engine": "hf-1", "problems": PROBLEMS.key, "label": "long", "model": "tiny-random",
         "prompt": teacher.prompt, "system": STYLE_SYSTEM["long"],
-        "sampling": {"max_new_tokens": 256, "temperature": 0.0, "top_p": 1.0, "seed": 0},
+        "sampling": {"max_new_tokens": 256, "temperature": 0.0, "top_p": 1.0, "seed": 0, "n": 1},
+        "engine_settings": {"dtype": "float32"},
     }
     http = generation_spec("api", TeacherConfig(style="long", engine=HTTP), PROBLEMS.key)
     assert http["model"] is None and http["engine_settings"] == {"model": "teacher-72b"}
 
 
-def test_reasoning_gym_problems_key_keeps_its_layout() -> None:
-    cfg = ProblemsConfig.model_validate({"task": "basic_arithmetic", "train_size": 40,
-                                         "eval_size": 20, "task_args": {"max_terms": 2}})
+def test_reasoning_gym_problems_key_is_its_source() -> None:
+    cfg = ProblemsConfig.model_validate({"source": {"kind": "reasoning_gym",
+                                                    "task": "basic_arithmetic",
+                                                    "task_args": {"max_terms": 2}},
+                                         "train_size": 40, "eval_size": 20})
     assert problems_stage(cfg, ROOT).spec == {
-        "version": 1, "source": "reasoning_gym", "task": "basic_arithmetic",
-        "task_args": {"max_terms": 2}, "train_size": 40, "eval_size": 20, "seed": 0}
+        "version": 1, "train_size": 40, "eval_size": 20, "seed": 0,
+        "source": {"kind": "reasoning_gym", "task": "basic_arithmetic",
+                   "task_args": {"max_terms": 2}}}

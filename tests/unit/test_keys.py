@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from mixray.artifacts import StageDir, spec_key
-from mixray.config import CurateConfig, ProblemsConfig, SamplingConfig, TeacherConfig
+from mixray.curate.config import CurateConfig
 from mixray.curate.stage import curate_stage
+from mixray.generate.config import SamplingConfig, TeacherConfig
 from mixray.generate.stage import teacher_stage
+from mixray.problems.config import ProblemsConfig
 from mixray.problems.stage import problems_stage
 
 ROOT = Path("/nonexistent-run-root")  # constructing keys must touch no disk

@@ -69,3 +69,76 @@ def test_data_flows_one_way(package: str, upstream_of: str) -> None:
         for name in _imported_modules(p)
         if name == upstream_of or name.startswith(f"{upstream_of}."))
     assert reaching_back == []
+
+
+MAX_MODULE_LINES = 400
+STAGES = ("problems", "generate", "curate", "mix", "train", "evaluate")
+
+
+def test_no_module_is_over_the_line_budget() -> None:
+    """A module past a few hundred lines holds several things: split it where they part."""
+    long = sorted(f"{p.relative_to(REPO)}: {n} lines" for p in (REPO / "mixray").rglob("*.py")
+                  if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES)
+    assert long == []
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stages_import_their_own_config_not_the_sweeps(stage: str) -> None:
+    """Each stage owns its section (mixray/<stage>/config.py); mixray.config composes them all,
+    above every stage, so a stage importing it would close a circle."""
+    importers = sorted(
+        f"{p.relative_to(REPO)}: {name}" for p in (REPO / "mixray" / stage).rglob("*.py")
+        for name in _imported_modules(p)
+        if name == "mixray.config" or name.startswith("mixray.config."))
+    assert importers == []
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """mixray module -> the mixray modules it imports, at module level or inside functions.
+    ``from a import b`` is an edge to module a.b where that is a module, else to a."""
+    paths = {_module_name(p): p for p in (REPO / "mixray").rglob("*.py")}
+
+    def module_of(name: str) -> str | None:
+        while name and name not in paths:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    return {module: {m for name in _imported_modules(path)
+                     if (m := module_of(name)) is not None and m != module}
+            for module, path in paths.items()}
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of the graph as [a, b, ..., a], or None (an iterative depth-first search)."""
+    done: set[str] = set()
+    for root in sorted(graph):
+        path, stack = [root], [iter(sorted(graph[root]))]
+        while stack and root not in done:
+            module = next(stack[-1], None)
+            if module is None:
+                done.add(path.pop())
+                stack.pop()
+            elif module in path:
+                return path[path.index(module):] + [module]
+            elif module not in done:
+                path.append(module)
+                stack.append(iter(sorted(graph[module])))
+    return None
+
+
+def test_find_cycle_names_one() -> None:
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_no_import_cycle_among_mixray_modules() -> None:
+    """Imports form a hierarchy (schema -> stage configs -> mixray.config -> runners), so no
+    module needs a lazy import, a re-typed field or a module __getattr__ to break a circle.
+    Function-level imports count too: they defer a circle, they do not remove it."""
+    cycle = _find_cycle(_import_graph())
+    assert cycle is None, " -> ".join(cycle or [])

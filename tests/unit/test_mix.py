@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from mixray.config import MixSpec
-from mixray.mix import build_manifest
+from mixray.mix.config import MixSpec
+from mixray.mix.manifest import build_manifest
 
 
 def pool(name: str, n: int, tokens: int | list[int], ids: list[str] | None = None) -> pa.Table:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mixray.config import MixSpec, SweepFileError, load_sweep
+from mixray.config import SweepFileError, load_sweep
+from mixray.mix.config import MixSpec
 
 REPO = Path(__file__).resolve().parents[2]
 

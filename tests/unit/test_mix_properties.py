@@ -14,8 +14,8 @@ import pyarrow as pa
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mixray.config import MixSpec
-from mixray.mix import build_manifest
+from mixray.mix.config import MixSpec
+from mixray.mix.manifest import build_manifest
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NAMES = ("a", "b", "c")

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from mixray.config import DatasetSource, ProblemsConfig, ReasoningGymSource
+from mixray.problems.config import DatasetSource, ProblemsConfig, ReasoningGymSource
 from mixray.problems.stage import build_problems, problems_stage, problems_summary
 
 N_GOOD = 30
@@ -121,26 +121,29 @@ def test_missing_file_and_unusable_source_fail_clearly(tmp_path: Path) -> None:
         build_problems(_cfg(_source(empty), train_size=1, eval_size=1), tmp_path)
 
 
-def test_flat_reasoning_gym_keys_still_read() -> None:
-    flat = ProblemsConfig.model_validate({"task": "basic_arithmetic", "task_args": {"max_terms": 2},
-                                          "train_size": 4, "eval_size": 2})
-    nested = ProblemsConfig.model_validate({"source": {"kind": "reasoning_gym",
-                                                       "task": "basic_arithmetic",
-                                                       "task_args": {"max_terms": 2}},
-                                            "train_size": 4, "eval_size": 2})
-    assert flat == nested and isinstance(flat.source, ReasoningGymSource)
-    assert ProblemsConfig.model_validate({"source": "reasoning_gym"}) == ProblemsConfig()
-    assert flat.task == "basic_arithmetic"
+def test_reasoning_gym_source_reads_and_dumps_back() -> None:
+    cfg = ProblemsConfig.model_validate({"source": {"kind": "reasoning_gym",
+                                                    "task": "basic_arithmetic",
+                                                    "task_args": {"max_terms": 2}},
+                                         "train_size": 4, "eval_size": 2})
+    assert isinstance(cfg.source, ReasoningGymSource) and cfg.source.task == "basic_arithmetic"
     # a dumped config validates back to itself (trials re-validate the sweep)
-    assert ProblemsConfig.model_validate(flat.model_dump()) == flat
+    assert ProblemsConfig.model_validate(cfg.model_dump()) == cfg
 
 
 @pytest.mark.parametrize(("data", "expected"), [
-    ({"task": "basic_arithmetic", "source": {"kind": "dataset", "path": "x.jsonl"}},
-     "belong to a reasoning_gym source"),
-    ({"task": "basic_arithmetic", "source": {"kind": "reasoning_gym", "task": "leg_counting"}},
-     "not both"),
-    ({"task": "no_such_task"}, "unknown reasoning-gym task"),
+    ({"task": "basic_arithmetic", "task_args": {"max_terms": 2}},
+     r"problems.task: moved to problems.source: \{kind: reasoning_gym, task: ...\}"),
+    ({"task_args": {"max_terms": 2}}, r"problems.task_args: moved to problems.source"),
+    ({"source": "reasoning_gym"}, r"write problems.source: \{kind: reasoning_gym, ...\}"),
+])
+def test_earlier_flat_form_is_refused_naming_the_new_key(data: dict, expected: str) -> None:
+    with pytest.raises(ValidationError, match=expected):
+        ProblemsConfig.model_validate(data)
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ({"source": {"kind": "reasoning_gym", "task": "no_such_task"}}, "unknown reasoning-gym task"),
     ({"source": {"kind": "dataset", "path": "data.csv"}}, "neither 'hf:owner/name'"),
     ({"source": {"kind": "dataset", "path": "x.jsonl", "eval_split": "test"}}, "give eval_path"),
     ({"source": {"kind": "dataset", "path": "hf:a/b", "eval_split": "train"}},

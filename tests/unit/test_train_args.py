@@ -10,9 +10,9 @@ import pickle
 from contextlib import nullcontext
 from pathlib import Path
 
-from mixray.config import LoraConfig, TrainConfig
 from mixray.train import faults
 from mixray.train.args import LoopArgs
+from mixray.train.config import LoraConfig, TrainConfig
 
 TRAIN_DIR = Path(__file__).resolve().parents[2] / "mixray" / "train"
 
@@ -77,7 +77,7 @@ def _imports(path: Path) -> set[str]:
 def test_engine_and_loop_do_not_import_each_other() -> None:
     assert "mixray.train.loop" not in _imports(TRAIN_DIR / "engine.py")
     assert "mixray.train.engine" in _imports(TRAIN_DIR / "loop.py")
-    assert _imports(TRAIN_DIR / "args.py") == {"__future__", "dataclasses", "mixray.config"}
+    assert _imports(TRAIN_DIR / "args.py") == {"__future__", "dataclasses", "mixray.train.config"}
 
 
 class _Recorder:

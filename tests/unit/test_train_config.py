@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from mixray.config import TrainConfig
+from mixray.train.config import TrainConfig
 
 
 def test_global_batch_derives_accumulation() -> None:
@@ -46,8 +46,8 @@ def test_lr_schedule_cosine_with_and_without_warmup() -> None:
 
 
 def test_lora_section_is_typed_and_reaches_the_loop() -> None:
-    from mixray.config import LoraConfig
     from mixray.train.args import LoopArgs
+    from mixray.train.config import LoraConfig
 
     assert TrainConfig().lora is None  # full fine-tuning unless asked
     t = TrainConfig(lora={"rank": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]})

@@ -1,0 +1,100 @@
+"""A generation job: everything one pass of the generation stage needs, the engine each of its
+actors loads, and what is refused before any actor starts (`preflight`).
+
+Teachers (`mixray.generate.stage.teacher_job`) and evaluations (`mixray.evaluate.stage`) build
+jobs; `mixray.generate.stage.run_generation` runs one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import ray
+
+from mixray import cluster
+from mixray.generate.config import (
+    DEFAULT_MAX_ERROR_RATE,
+    EngineConfig,
+    HFEngineConfig,
+    SamplingConfig,
+)
+from mixray.generate.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    """Everything one pass of the stage needs; placement fields last."""
+
+    label: str
+    model_path: str | None  # a local model folder; None for an http teacher
+    prompt: str
+    system: str | None
+    sampling: SamplingConfig
+    batch_size: int = 8
+    replicas: int = 1
+    cpus_per_engine: float = 0.5
+    torch_threads: int = 1
+    engine: EngineConfig = field(default_factory=HFEngineConfig)
+    gpus_per_replica: float = 0.0
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE  # decides whether the output is kept
+
+
+def messages(system: str | None, prompt: str, problem: str) -> list[dict[str, str]]:
+    turns = [{"role": "system", "content": system}] if system else []
+    return turns + [{"role": "user", "content": prompt.format(problem=problem)}]
+
+
+def load_engine(job: GenerationJob) -> Engine:
+    """The job's engine, in the current process (a generation actor)."""
+    kind = job.engine.kind
+    if kind == "http":
+        from mixray.generate.http import HTTPEngine
+
+        return HTTPEngine.from_config(job.engine, replicas=job.replicas,
+                                      concurrency=job.batch_size)
+    assert job.model_path is not None, f"engine {kind} needs a model folder"
+    if kind == "vllm":
+        from mixray.generate.vllm import VLLMEngine
+
+        e = job.engine
+        return VLLMEngine.load(job.model_path, max_model_len=e.max_model_len, dtype=e.dtype,
+                               enforce_eager=e.enforce_eager,
+                               gpu_memory_utilization=e.gpu_memory_utilization,
+                               tensor_parallel_size=e.tensor_parallel_size,
+                               enable_prefix_caching=e.enable_prefix_caching,
+                               seed=job.sampling.seed,
+                               # the actor holds the tensor-parallel GPUs itself (see load)
+                               distributed_executor_backend="mp"
+                               if e.tensor_parallel_size > 1 else None)
+    assert kind == "hf", kind
+    from mixray.generate.hf import HFEngine
+
+    return HFEngine.load(job.model_path, job.torch_threads, dtype=job.engine.dtype,
+                         device="cuda" if job.gpus_per_replica > 0 else "cpu")
+
+
+def preflight(job: GenerationJob) -> None:
+    """Refuse, before any actor starts, what cannot work here (vllm missing, replicas asking for
+    GPUs the cluster can never have); warn about GPUs its autoscaler has yet to add."""
+    if job.engine.kind == "vllm":
+        import importlib.util
+
+        from mixray.generate.vllm import INSTALL_HINT
+
+        # The driver runs in the actors' environment on a local cluster and on the head of a
+        # cluster built from one image (`ray job submit`): failing here takes a second, while
+        # the actor's own ImportError surfaces only after the pool has started.
+        if importlib.util.find_spec("vllm") is None:
+            raise ValueError(f"teacher {job.label!r}: {INSTALL_HINT}")
+    if job.gpus_per_replica > 0:
+        now = dict(ray.cluster_resources())
+        cluster.require(f"each replica of {job.label!r} (gpus_per_replica; 0 runs it on CPUs)",
+                        "GPU", job.gpus_per_replica, cluster.capacity(now))
+        gpus = now.get("GPU", 0.0)
+        if gpus < job.gpus_per_replica:
+            log.warning("generate[%s]: each replica asks for %g GPU(s) and the cluster has %g "
+                        "now; the actors wait for the autoscaler",
+                        job.label, job.gpus_per_replica, gpus)

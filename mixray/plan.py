@@ -1,0 +1,76 @@
+"""What a sweep will do, said and checked before it does any of it: the plan `--dry-run` prints,
+and the check that every trial and generation actor fits the cluster (`check_resources`)."""
+
+from __future__ import annotations
+
+from mixray import cluster
+from mixray.config import SweepConfig
+from mixray.resources import cpus_per_trial, gpus_per_trial
+
+
+def _source(cfg: SweepConfig) -> str:
+    src = cfg.problems.source
+    if src.kind == "reasoning_gym":
+        return f"reasoning-gym {src.task!r} (seed {cfg.problems.seed})"
+    held = (f"held out from {src.eval_source[0]} [{src.eval_source[1]}]" if src.separate_eval
+            else f"held out by seed {cfg.problems.seed}")
+    return f"{src.path} [{src.split}], {held}"
+
+
+def plan(cfg: SweepConfig) -> str:
+    t, r = cfg.train, cfg.resources
+    lines = [
+        f"sweep {cfg.name!r}: run root {cfg.run_root_path}, MLflow {cfg.tracking_uri} "
+        f"(experiment {cfg.experiment!r})",
+        f"problems : {cfg.problems.train_size} train + {cfg.problems.eval_size} held-out from "
+        f"{_source(cfg)}",
+    ]
+    for label, teacher in cfg.teachers.items():
+        s = teacher.sampling
+        lines.append(
+            f"teacher  : {label!r} = {teacher.model or teacher.engine.model} on "
+            f"{teacher.engine.kind} ({teacher.style} CoT, max {s.max_new_tokens} tokens, "
+            f"T={s.temperature}, n={s.n}, {teacher.replicas} replica(s) x {teacher.gpus:g} GPU)"
+        )
+    lines += [
+        f"curate   : {cfg.curate.verifier}, pools keep {cfg.curate.keep} responses",
+        f"trials   : {describe_search(cfg)}",
+        f"train    : Ray Train + DeepSpeed ZeRO-{t.zero_stage}, {t.dtype}, "
+        f"{t.num_workers} workers, "
+        f"{f'{t.epochs:g} epochs' if t.epochs else f'{t.max_steps} steps'} x global batch "
+        f"{t.global_batch}, lr {t.lr:g} ({t.lr_schedule}), packing {t.packing}"
+        + (f", LoRA rank {t.lora.rank}" if t.lora else ""),
+        f"evaluate : {', '.join(b.name for b in cfg.evaluate.benchmarks)}; "
+        f"{'greedy' if cfg.evaluate.temperature == 0 else f'T={cfg.evaluate.temperature}'}, "
+        f"n={cfg.evaluate.n_samples}, max {cfg.evaluate.max_new_tokens} tokens",
+        f"resources: {cpus_per_trial(cfg):g} CPU + {gpus_per_trial(cfg):g} GPU per trial, "
+        f"{r.cpus_per_engine:g} CPU per generation actor",
+    ]
+    return "\n".join(lines)
+
+
+def check_resources(cfg: SweepConfig, capacity: dict[str, float]) -> None:
+    """Fail before any work when one trial or one generation actor can never be placed."""
+    needs = [("one trial (train.num_workers x resources.cpus_per_train_worker + a little)",
+              "CPU", cpus_per_trial(cfg)),
+             ("one trial (train.num_workers x resources.gpus_per_train_worker)",
+              "GPU", gpus_per_trial(cfg)),
+             ("one generation actor (resources.cpus_per_engine)", "CPU",
+              cfg.resources.cpus_per_engine)]
+    for label, teacher in cfg.teachers.items():
+        needs.append((f"one replica of teacher {label!r} (teachers.{label}.gpus_per_replica)",
+                      "GPU", teacher.gpus))
+    for what, resource, need in needs:
+        cluster.require(what, resource, need, capacity)
+
+
+def describe_search(cfg: SweepConfig) -> str:
+    s = cfg.search
+    axes = ", ".join(f"{k} {d.kind} {d.corners()}" for k, d in s.axes().items()) or "no axes"
+    how = {"grid": "grid", "random": f"random ({s.num_samples} draws, seed {s.seed})",
+           "optuna": f"optuna TPE ({s.num_samples} per student, {s.mode} {s.metric})"}
+    sched = s.scheduler
+    stop = (f", ASHA on {sched.metric} ({sched.mode}, grace {sched.grace_period}, "
+            f"factor {sched.reduction_factor:g})" if sched.kind == "asha" else "")
+    return (f"{cfg.n_trials()} = students {cfg.students} x {how[s.algorithm]} over {axes}{stop} "
+            f"(long share = pool {cfg.mix.long_pool!r} against {cfg.mix.short_pool!r})")
