@@ -1,1 +1,1 @@
-"""mixray: Mix Distillation sweeps on Ray (see ../shared/DESIGN.md for the map)."""
+"""mixray: Mix Distillation sweeps on Ray (docs/LAYOUT.md is the map of the code)."""
