@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from mixray import logs
 from mixray.generate.config import PAPER_PROMPT, SamplingConfig
-from mixray.generate.job import GenerationJob, messages
+from mixray.generate.job import GenerationJob, Placement, messages
 from mixray.generate.stage import STYLE_SYSTEM, run_generation
 from mixray.problems.config import ProblemsConfig, ReasoningGymSource
 
@@ -54,7 +54,7 @@ def direct(job: GenerationJob, problems: pa.Table) -> dict:
     from mixray.generate.hf import HFEngine
 
     start = time.perf_counter()
-    engine = HFEngine.load(job.model_path, job.torch_threads)
+    engine = HFEngine.load(job.model_path, job.placement.torch_threads)
     load_s = time.perf_counter() - start
     rows = problems.to_pylist()
     texts, tokens, gen_s = [], 0, 0.0
@@ -113,8 +113,8 @@ def main() -> None:
         label="bench", model_path=str(resolve(args.model)), prompt=PAPER_PROMPT,
         system=STYLE_SYSTEM["long"],
         sampling=SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=0.0),
-        batch_size=args.batch, replicas=1, cpus_per_engine=args.threads,
-        torch_threads=args.threads)
+        batch_size=args.batch, replicas=1,
+        placement=Placement(cpus_per_engine=args.threads, torch_threads=args.threads))
 
     log.info("direct engine, first run")
     first = direct(job, problems)

@@ -60,6 +60,16 @@ class StageDir:
         work.mkdir(parents=True, exist_ok=True)
         return work
 
+    def reopen(self) -> Path:
+        """Move the committed output back to its `partial` work dir (one rename), for a stage
+        that resumes into it; a rerun then `commit`s it again under the same key."""
+        assert self.is_committed(), f"{self.path} is not committed"
+        work = self.path.parent / f".partial-{self.key}"
+        self.path.rename(work)  # a leftover work dir of the same key must be empty
+        for name in (MARKER, "spec.json"):
+            (work / name).unlink()
+        return work
+
     def commit(self, tmp: Path) -> Path:
         (tmp / "spec.json").write_text(json.dumps(self.spec, indent=2, sort_keys=True, default=str))
         (tmp / MARKER).write_text("")

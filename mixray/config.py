@@ -24,6 +24,7 @@ from mixray.artifacts import spec_key
 from mixray.curate.config import CurateConfig
 from mixray.evaluate.config import EvaluateConfig
 from mixray.generate.config import TeacherConfig
+from mixray.generate.job import Placement
 from mixray.mix.config import MixSpec
 from mixray.problems.config import ProblemsConfig
 from mixray.schema import Strict
@@ -47,6 +48,10 @@ class ResourcesConfig(Strict):
     gpus_per_train_worker: float = Field(
         0.0, ge=0.0, description="GPUs per training worker: > 0 trains on them (NCCL), 0 on CPUs "
         "(gloo). Also sets how many trials run at once.")
+
+    def placement(self) -> Placement:
+        """Where the sweep's generation actors (teachers, evaluations, judges) run."""
+        return Placement(cpus_per_engine=self.cpus_per_engine, torch_threads=self.torch_threads)
 
 
 class TrackingConfig(Strict):

@@ -18,7 +18,7 @@ def _source(cfg: SweepConfig) -> str:
 
 
 def plan(cfg: SweepConfig) -> str:
-    t, r = cfg.train, cfg.resources
+    t, r, es = cfg.train, cfg.resources, cfg.evaluate.sampling
     lines = [
         f"sweep {cfg.name!r}: run root {cfg.run_root_path}, MLflow {cfg.tracking_uri} "
         f"(experiment {cfg.experiment!r})",
@@ -41,8 +41,8 @@ def plan(cfg: SweepConfig) -> str:
         f"{t.global_batch}, lr {t.lr:g} ({t.lr_schedule}), packing {t.packing}"
         + (f", LoRA rank {t.lora.rank}" if t.lora else ""),
         f"evaluate : {', '.join(b.name for b in cfg.evaluate.benchmarks)}; "
-        f"{'greedy' if cfg.evaluate.temperature == 0 else f'T={cfg.evaluate.temperature}'}, "
-        f"n={cfg.evaluate.n_samples}, max {cfg.evaluate.max_new_tokens} tokens",
+        f"{'greedy' if es.temperature == 0 else f'T={es.temperature}'}, "
+        f"n={es.n}, max {es.max_new_tokens} tokens",
         f"resources: {cpus_per_trial(cfg):g} CPU + {gpus_per_trial(cfg):g} GPU per trial, "
         f"{r.cpus_per_engine:g} CPU per generation actor",
     ]

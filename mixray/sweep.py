@@ -62,13 +62,11 @@ def run_upstream(cfg: SweepConfig, timings: dict[str, float]) -> Upstream:
     up = Upstream(paths=paths, problems=problems,
                   stages={"problems": {"path": str(problems.path), "cached": cached,
                                        "summary": problems_summary(problems)}})
-    placement = {"cpus_per_engine": cfg.resources.cpus_per_engine,
-                 "torch_threads": cfg.resources.torch_threads}
     for label, teacher in cfg.teachers.items():
         t0 = time.perf_counter()
         model = paths[teacher.local_model] if teacher.local_model else None  # http: served
         gen, gen_stats = generate_teacher(label, teacher, model, problems,
-                                          cfg.run_root_path, **placement)
+                                          cfg.run_root_path, cfg.resources.placement())
         cur, stats, cur_cached = curate(gen, cfg.curate, cfg.run_root_path)
         timings[f"generate+curate.{label}"] = time.perf_counter() - t0
         up.pools[label], up.curate[label] = cur.path / "pool.parquet", stats

@@ -94,8 +94,7 @@ def run_trial(trial: Trial, ctx: SweepContext) -> dict[str, float]:
         t2 = time.perf_counter()
         metrics = evaluate_model(
             model_dir, Path(ctx.eval_problems), cfg.evaluate, cfg.train.system_prompt, out / "eval",
-            cpus_per_engine=cfg.resources.cpus_per_engine,
-            torch_threads=cfg.resources.torch_threads,
+            root=cfg.run_root_path, placement=cfg.resources.placement(),
         )
         t3 = time.perf_counter()
         metrics |= {k: v for k, v in history[-1].items() if k.startswith("val_loss")}

@@ -50,6 +50,7 @@ example:
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = EvaluateConfig.model_fields
+    sampling = defaults["sampling"].default
     p = argparse.ArgumentParser(
         prog="python -m mixray.evaluate",
         description="Evaluate any model (a checkpoint folder, a packaged model, a hub id) on "
@@ -60,13 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "model names the served one")
     p.add_argument("--benchmarks", required=True, nargs="+", metavar="B",
                    help="what to evaluate on (see below)")
-    p.add_argument("--n", type=int, default=defaults["n_samples"].default, dest="n_samples",
+    p.add_argument("--n", type=int, default=sampling.n, dest="n_samples",
                    help="samples per problem (default %(default)s; more needs --temperature)")
-    p.add_argument("--temperature", type=float, default=defaults["temperature"].default,
+    p.add_argument("--temperature", type=float, default=sampling.temperature,
                    help="0 is greedy (default %(default)s)")
-    p.add_argument("--top-p", type=float, default=defaults["top_p"].default)
-    p.add_argument("--seed", type=int, default=defaults["seed"].default)
-    p.add_argument("--max-new-tokens", type=int, default=defaults["max_new_tokens"].default,
+    p.add_argument("--top-p", type=float, default=sampling.top_p)
+    p.add_argument("--seed", type=int, default=sampling.seed)
+    p.add_argument("--max-new-tokens", type=int, default=sampling.max_new_tokens,
                    help="per completion (default %(default)s; the paper allowed 16000)")
     p.add_argument("--ks", type=int, nargs="+", help="k of pass@k and maj@k "
                    "(default: 1, powers of 2 and n)")
@@ -140,9 +141,10 @@ def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     data = {
         "benchmarks": [_benchmark_arg(b) for b in args.benchmarks],
-        "prompt": args.prompt, "max_new_tokens": args.max_new_tokens,
-        "n_samples": args.n_samples, "temperature": args.temperature, "top_p": args.top_p,
-        "seed": args.seed, "ks": args.ks, "samples_to_log": args.samples_to_log,
+        "prompt": args.prompt,
+        "sampling": {"n": args.n_samples, "temperature": args.temperature, "top_p": args.top_p,
+                     "seed": args.seed, "max_new_tokens": args.max_new_tokens},
+        "ks": args.ks, "samples_to_log": args.samples_to_log,
         "batch_size": args.batch_size, "replicas": args.replicas,
         "engine": _engine_arg(args.engine), "gpus_per_replica": args.gpus_per_replica,
         "max_error_rate": args.max_error_rate,
@@ -219,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from mixray.evaluate.stage import load_benchmarks, run_evaluation
+    from mixray.generate.job import Placement
     from mixray.generate.stage import GenerationFailed
 
     # Everything that can be checked without Ray is checked now: the data first (cheap), then
@@ -251,10 +254,11 @@ def main(argv: list[str] | None = None) -> int:
         cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
         threads = args.threads_per_engine or max(1, (os.cpu_count() or 1) // cfg.replicas)
         # Reserve what the engine's threads use, but never more than the cluster can place.
-        cpus = min(float(threads), cluster_cpus / cfg.replicas)
-        metrics = run_evaluation(model_dir, benchmarks, cfg, args.system_prompt, out,
-                                 on_stale="refuse", judge_model_dir=judge_dir,
-                                 cpus_per_engine=cpus, torch_threads=threads)
+        placement = Placement(cpus_per_engine=min(float(threads), cluster_cpus / cfg.replicas),
+                              torch_threads=threads)
+        # The generations' cache lies under --out too: a rerun with it resumes them.
+        metrics = run_evaluation(model_dir, benchmarks, cfg, args.system_prompt, out, root=out,
+                                 judge_model_dir=judge_dir, placement=placement)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -277,16 +281,17 @@ def main(argv: list[str] | None = None) -> int:
     params = {"model": name,
               "model_path": str(model_dir) if model_dir else cfg.engine.base_url,
               "benchmarks": [b.model_dump() for b in cfg.benchmarks],
-              "n_samples": cfg.n_samples, "temperature": cfg.temperature, "top_p": cfg.top_p,
-              "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens, "prompt": cfg.prompt,
+              "n_samples": cfg.sampling.n, "temperature": cfg.sampling.temperature,
+              "top_p": cfg.sampling.top_p, "seed": cfg.sampling.seed,
+              "max_new_tokens": cfg.sampling.max_new_tokens, "prompt": cfg.prompt,
               "system_prompt": args.system_prompt, "verifier": report["verifier"],
               "engine": cfg.engine.model_dump(),
               "judge": cfg.judge.model_dump() if cfg.judge else "none", "out_dir": str(out)}
     run_id = log_evaluation(tracking_uri, args.experiment, f"{Path(name).name}-eval",
                             params, metrics, out)
     print()
-    print(format_summary(report | {"n_samples": cfg.n_samples}))
-    print(f"\n{sum(len(b.rows) for b in benchmarks)} problems x {cfg.n_samples} sample(s) in "
+    print(format_summary(report | {"n_samples": cfg.sampling.n}))
+    print(f"\n{sum(len(b.rows) for b in benchmarks)} problems x {cfg.sampling.n} sample(s) in "
           f"{time.perf_counter() - start:.0f} s; per-sample rows: {out / 'samples.parquet'}")
     print(f"MLflow: experiment {args.experiment!r}, run {run_id} ({tracking_uri})")
     return 0

@@ -1,7 +1,8 @@
 """The evaluation stage: benchmarks -> one pass of the generate stage -> scores -> metrics.
 
 Every benchmark's problems go through the generation stage (`mixray.generate.stage`, an actor
-pool of the configured engine: hf or vllm), ``n_samples`` completions each, in one pass, so the
+pool of the configured engine: hf, vllm or http), ``sampling.n`` completions each, in one pass, so
+the
 model loads once however many benchmarks there are. Completions are scored per benchmark
 (`grading.grade.AnswerFormat`), answers math-verify rejects are optionally re-judged by an LLM
 (`judge`), and the metrics come out per benchmark and as the paper's P.
@@ -10,29 +11,29 @@ What lands in ``out_dir``:
   benchmarks/<name>.parquet   each benchmark's problems, as loaded
   bad_rows.jsonl              records a benchmark could not use, each with its reason (if any)
   generation_inputs.parquet   one row per (benchmark, problem): the user turns generated from
-  generations/                the generate stage's output (resumable; ``_spec.json`` says of what)
-  judge/                      the judge's generations, when a judge is configured
+  judge_inputs.parquet        the judge's prompts, when a judge is configured
   samples.parquet             per sample: problem, gold, completion, extracted answer, correct...
   metrics.json                per benchmark, the average over benchmarks, the flat metrics
   sample_completions.json     a few completions per benchmark (MLflow's table format)
 
-A killed evaluation rerun into the same ``out_dir`` generates only the missing rows; generations
-of anything else (another model, prompt, sampling or problem set) are never mixed in.
+The generations (the model's, the judge's) are the generate stage's keyed outputs under ``root``
+(`mixray.generate.stage.generate_cached`: ``<root>/artifacts/generate/<key>/``), keyed by
+`evaluation_spec`: a killed evaluation rerun with the same root generates only the missing rows,
+and one of anything else (another model, prompt, sampling or problem set) gets another key.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mixray.artifacts import spec_key
+from mixray.artifacts import StageDir, spec_key
 from mixray.evaluate.benchmarks import (
     LoadedBenchmark,
     ReasoningGymBenchmark,
@@ -42,18 +43,13 @@ from mixray.evaluate.benchmarks import (
 from mixray.evaluate.config import EvaluateConfig
 from mixray.evaluate.judge import judge_prompt, parse_verdict
 from mixray.evaluate.scoring import average_metrics, benchmark_metrics, metric_name
-from mixray.generate.config import SamplingConfig
-from mixray.generate.job import GenerationJob
-from mixray.generate.stage import run_generation
+from mixray.generate.config import ModelRun
+from mixray.generate.job import Placement, model_job
+from mixray.generate.stage import generate_cached, run_spec
 from mixray.grading.grade import AnswerFormat, score_completion
 from mixray.grading.verify import VERIFIER_VERSION
 
 log = logging.getLogger(__name__)
-
-OnStale = Literal["regenerate", "refuse"]
-"""What to do when ``out_dir`` holds generations of a different evaluation: ``regenerate``
-(discard them, with a warning: a sweep trial rerun after its model was retrained) or ``refuse``
-(a ValueError: the CLI pointed at a folder with someone else's results)."""
 
 SAMPLE_SCHEMA = pa.schema([
     ("benchmark", pa.string()), ("problem_id", pa.string()), ("sample_idx", pa.int32()),
@@ -81,14 +77,15 @@ def load_benchmarks(cfg: EvaluateConfig, heldout: Path | None = None,
 
 def evaluate_model(
     model_dir: Path, problems: Path | None, cfg: EvaluateConfig, system_prompt: str | None,
-    out_dir: Path, *, exclude_problems: Path | None = None, on_stale: OnStale = "regenerate",
-    **placement: Any,
+    out_dir: Path, *, root: Path, exclude_problems: Path | None = None,
+    placement: Placement = Placement(),
 ) -> dict[str, float]:
     """Evaluate the model in ``model_dir`` on ``cfg.benchmarks``; returns the flat metrics.
 
     ``problems`` is the sweep's held-out set (what a ``heldout`` benchmark means); by default
     its sibling ``train.parquet``, when there is one, is what reasoning-gym sets must avoid.
-    ``placement`` (cpus_per_engine, torch_threads) goes to the generation actors. The returned
+    The generations are cached under ``root`` (a sweep's run root); ``placement`` goes to the
+    generation actors. The returned
     keys: ``eval_accuracy`` (the paper's P: one benchmark's accuracy, or the unweighted mean),
     ``eval_accuracy_stderr``, ``eval_n`` (problems), ``eval_samples``, ``eval_no_answer_rate``,
     ``eval_truncation_rate``, ``eval_error_rate``, ``eval_tokens_mean`` (rates and lengths
@@ -99,55 +96,35 @@ def evaluate_model(
         sibling = Path(problems).parent / "train.parquet"
         exclude_problems = sibling if sibling.is_file() else None
     benchmarks = load_benchmarks(cfg, problems, exclude_problems)
-    return run_evaluation(model_dir, benchmarks, cfg, system_prompt, out_dir,
-                          on_stale=on_stale, **placement)
+    return run_evaluation(model_dir, benchmarks, cfg, system_prompt, out_dir, root=root,
+                          placement=placement)
 
 
 def run_evaluation(
     model_dir: Path | None, benchmarks: Sequence[LoadedBenchmark], cfg: EvaluateConfig,
-    system_prompt: str | None, out_dir: Path, *, on_stale: OnStale = "regenerate",
-    judge_model_dir: Path | None = None, **placement: Any,
+    system_prompt: str | None, out_dir: Path, *, root: Path, judge_model_dir: Path | None = None,
+    placement: Placement = Placement(),
 ) -> dict[str, float]:
-    """Generate, score and summarise already loaded benchmarks (Ray must be connected).
-    ``model_dir`` is None when the model is served (``cfg.engine`` is http)."""
-    assert (model_dir is None) == (cfg.engine.kind == "http"), "a local model xor an http one"
+    """Generate, score and summarise already loaded benchmarks (Ray must be connected), the
+    generations cached under ``root``. ``model_dir`` is None when the model is served
+    (``cfg.engine`` is http)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_benchmarks(benchmarks, out_dir)
     inputs = _generation_inputs(benchmarks, cfg)
-    inputs_path = out_dir / "generation_inputs.parquet"
-    pq.write_table(pa.Table.from_pylist(
-        [{"problem_id": r["gen_pid"], "problem": r["prompt"], "answer": r["answer"]}
-         for r in inputs],
-        pa.schema([("problem_id", pa.string()), ("problem", pa.string()), ("answer", pa.string())]),
-    ), inputs_path)
-
-    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                              top_p=cfg.top_p, seed=cfg.seed, n=cfg.n_samples)
+    rows = [{"problem_id": r["gen_pid"], "problem": r["prompt"], "answer": r["answer"]}
+            for r in inputs]
+    log.info("evaluate: %d benchmarks, %d problems x %d samples", len(benchmarks), len(inputs),
+             cfg.sampling.n)
     # The user turn is already formatted per benchmark (GSM8K takes the raw question), so the
     # job's template only passes it through.
-    job = GenerationJob(label="eval", model_path=None if model_dir is None else str(model_dir),
-                        prompt="{problem}",
-                        system=system_prompt or None, sampling=sampling,
-                        batch_size=cfg.batch_size, replicas=cfg.replicas, engine=cfg.engine,
-                        gpus_per_replica=cfg.gpus, max_error_rate=cfg.max_error_rate,
-                        **placement)
-    gen_dir = out_dir / "generations"
-    # A served model has no weights to fingerprint: engine.model and base_url name it.
-    _prepare(gen_dir, {"model": str(model_dir),
-                       "weights": None if model_dir is None else _fingerprint(Path(model_dir)),
-                       "engine": {"kind": cfg.engine.kind, **cfg.engine.content()},
-                       "system": system_prompt or None, "sampling": sampling.model_dump(),
-                       "inputs": spec_key({"rows": [[r["gen_pid"], r["prompt"], r["answer"]]
-                                                    for r in inputs]})}, on_stale)
-    log.info("evaluate: %d benchmarks, %d problems x %d samples", len(benchmarks), len(inputs),
-             cfg.n_samples)
-    gen_stats = run_generation(job, inputs_path, gen_dir)
+    gen, gen_stats = _generate("eval", cfg, model_dir, system_prompt or None, rows,
+                               out_dir / "generation_inputs.parquet", root, placement)
     generated = {(r["problem_id"], r["sample_idx"]): r
-                 for r in pq.read_table(gen_dir).to_pylist()}
+                 for r in pq.read_table(gen.path / "data").to_pylist()}
     formats = {b.name: b.answer_format for b in benchmarks}
     samples = []
     for row in inputs:
-        for s in range(cfg.n_samples):
+        for s in range(cfg.sampling.n):
             out = generated.get((row["gen_pid"], s))
             if out is None:
                 raise RuntimeError(f"generation left sample {s} of {row['gen_pid']} without output")
@@ -158,7 +135,7 @@ def run_evaluation(
             from mixray import models
 
             judge_model_dir = models.resolve(cfg.judge.model)
-        _judge(samples, formats, cfg, judge_model_dir, out_dir, on_stale, placement)
+        _judge(samples, formats, cfg, judge_model_dir, out_dir, root, placement)
     pq.write_table(pa.Table.from_pylist(samples, SAMPLE_SCHEMA), out_dir / "samples.parquet")
 
     per_benchmark = {b.name: _benchmark_summary(b, samples, cfg.pass_ks, judged)
@@ -168,7 +145,7 @@ def run_evaluation(
     report = {"model": str(model_dir), "verifier": VERIFIER_VERSION,
               "sources": {b.name: b.source for b in benchmarks},
               "benchmarks": per_benchmark, "average": average, "metrics": flat,
-              "generation": gen_stats}
+              "generations": str(gen.path), "generation": gen_stats}
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     (out_dir / "sample_completions.json").write_text(
         json.dumps(sample_table(samples, benchmarks, cfg.samples_to_log), indent=2))
@@ -219,22 +196,28 @@ def _fingerprint(model_dir: Path) -> list[list[Any]]:
     return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
-def _prepare(folder: Path, spec: dict[str, Any], on_stale: OnStale) -> None:
-    """Make ``folder`` hold generations of ``spec`` only (``_spec.json``, which pyarrow skips
-    when reading the folder); earlier parts of the same spec stay, so a rerun resumes."""
-    spec = json.loads(json.dumps(spec))  # as it reads back from disk
-    spec_path = folder / "_spec.json"
-    if any(folder.glob("part-*.parquet")):
-        old = json.loads(spec_path.read_text()) if spec_path.exists() else None
-        if old != spec:
-            if on_stale == "refuse":
-                raise ValueError(f"{folder} holds generations of another evaluation (other model, "
-                                 "prompts, sampling or problems); choose another output folder "
-                                 "or delete it")
-            log.warning("%s holds generations of another evaluation; discarding them", folder)
-            shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True))
+def evaluation_spec(label: str, run: ModelRun, model_dir: Path | None, system: str | None,
+                    rows: Sequence[dict[str, str]]) -> dict[str, Any]:
+    """The key of an evaluation's (or its judge's) generations: the weights (a served model
+    has none: its engine settings name it), engine, system turn, sampling and the inputs."""
+    model = None if model_dir is None else {"path": str(model_dir),
+                                            "weights": _fingerprint(Path(model_dir))}
+    inputs = spec_key({"rows": [[r["problem_id"], r["problem"], r["answer"]] for r in rows]})
+    return run_spec(label, run, model, "{problem}", system, inputs)
+
+
+def _generate(label: str, run: ModelRun, model_dir: Path | None, system: str | None,
+              rows: list[dict[str, str]], inputs_path: Path, root: Path,
+              placement: Placement) -> tuple[StageDir, dict[str, float]]:
+    """``rows`` (problem_id, problem: the user turn, answer) through the generate stage's cache;
+    returns where the generations lie and the stats of the run that finished them."""
+    pq.write_table(pa.Table.from_pylist(rows, pa.schema(
+        [("problem_id", pa.string()), ("problem", pa.string()), ("answer", pa.string())])),
+        inputs_path)
+    job = model_job(run, label, model_dir, "{problem}", system, placement)
+    stage, stats = generate_cached(job, evaluation_spec(label, run, model_dir, system, rows),
+                                   inputs_path, root, failed_rows="retried")
+    return stage, stats or json.loads((stage.path / "stats.json").read_text())
 
 
 def _scored(row: dict[str, Any], sample_idx: int, generated: dict[str, Any],
@@ -267,11 +250,11 @@ def apply_verdicts(candidates: Sequence[dict[str, Any]], verdicts: dict[str, str
 
 
 def _judge(samples: list[dict[str, Any]], formats: dict[str, AnswerFormat], cfg: EvaluateConfig,
-           judge_model_dir: Path | None, out_dir: Path, on_stale: OnStale,
-           placement: dict[str, Any]) -> None:
+           judge_model_dir: Path | None, out_dir: Path, root: Path,
+           placement: Placement) -> None:
     """Judge the candidates through the generation stage (``judge_model_dir`` is None for an
-    http judge) and record the verdicts in ``samples``. The judge's failures share the
-    evaluation's bound: past it the evaluation fails rather than count them undecided."""
+    http judge) and record the verdicts in ``samples``. Past the judge's max_error_rate the
+    evaluation fails rather than count its failures undecided."""
     judge = cfg.judge
     assert judge is not None
     candidates = judge_candidates(samples, formats)
@@ -282,24 +265,10 @@ def _judge(samples: list[dict[str, Any]], formats: dict[str, AnswerFormat], cfg:
     rows = [{"problem_id": s["gen_id"], "answer": "",
              "problem": judge_prompt(judge.prompt, s["problem"], s["answer"], s["extracted"])}
             for s in candidates]
-    inputs_path = out_dir / "judge_inputs.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), inputs_path)
-    sampling = SamplingConfig(max_new_tokens=judge.max_new_tokens, temperature=0.0)
-    local = judge_model_dir is not None
-    job = GenerationJob(label="judge", model_path=str(judge_model_dir) if local else None,
-                        prompt="{problem}", system=judge.system_prompt, sampling=sampling,
-                        batch_size=judge.batch_size, replicas=cfg.replicas, engine=judge.engine,
-                        gpus_per_replica=judge.gpus_per_replica,
-                        max_error_rate=cfg.max_error_rate, **placement)
-    judge_dir = out_dir / "judge"
-    _prepare(judge_dir, {"model": str(judge_model_dir),
-                         "weights": _fingerprint(judge_model_dir) if local else None,
-                         "judge": judge.model_dump(),
-                         "inputs": spec_key({"rows": [[r["problem_id"], r["problem"]]
-                                                      for r in rows]})}, on_stale)
-    run_generation(job, inputs_path, judge_dir)
+    stage, _ = _generate("judge", judge, judge_model_dir, judge.system_prompt, rows,
+                         out_dir / "judge_inputs.parquet", root, placement)
     verdicts = {r["problem_id"]: parse_verdict(r["completion"]) if r["error"] is None
-                else "undecided" for r in pq.read_table(judge_dir).to_pylist()}
+                else "undecided" for r in pq.read_table(stage.path / "data").to_pylist()}
     apply_verdicts(candidates, verdicts)
 
 

@@ -1,27 +1,36 @@
 """A generation job: everything one pass of the generation stage needs, the engine each of its
 actors loads, and what is refused before any actor starts (`preflight`).
 
-Teachers (`mixray.generate.stage.teacher_job`) and evaluations (`mixray.evaluate.stage`) build
-jobs; `mixray.generate.stage.run_generation` runs one.
+A teacher, an evaluation and its judge are each a `ModelRun`; `model_job` turns one into a job,
+with its `Placement`. `mixray.generate.stage.generate_cached` runs one into its keyed output.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-
-import ray
+from pathlib import Path
 
 from mixray import cluster
 from mixray.generate.config import (
     DEFAULT_MAX_ERROR_RATE,
     EngineConfig,
     HFEngineConfig,
+    ModelRun,
     SamplingConfig,
 )
 from mixray.generate.engine import Engine
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where each engine actor runs and how: CPUs it reserves, torch threads it uses. Never part
+    of an artifact key (a sweep's comes from `ResourcesConfig.placement`)."""
+
+    cpus_per_engine: float = 0.5
+    torch_threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -35,11 +44,25 @@ class GenerationJob:
     sampling: SamplingConfig
     batch_size: int = 8
     replicas: int = 1
-    cpus_per_engine: float = 0.5
-    torch_threads: int = 1
+    placement: Placement = field(default_factory=Placement)
     engine: EngineConfig = field(default_factory=HFEngineConfig)
     gpus_per_replica: float = 0.0
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE  # decides whether the output is kept
+
+
+def model_job(run: ModelRun, label: str, model_path: Path | None, prompt: str,
+              system: str | None, placement: Placement) -> GenerationJob:
+    """The one generation job of a model run (a teacher, an evaluation, the judge). ``model_path``
+    is its local model folder, None for an http engine; ``prompt`` the user-turn template."""
+    if (model_path is None) != (run.engine.kind == "http"):
+        raise ValueError(f"{label!r}: engine {run.engine.kind!r} "
+                         + ("runs no local model" if model_path is not None
+                            else "needs the local folder of its model"))
+    return GenerationJob(
+        label=label, model_path=None if model_path is None else str(model_path), prompt=prompt,
+        system=system, sampling=run.sampling, batch_size=run.batch_size, replicas=run.replicas,
+        placement=placement, engine=run.engine, gpus_per_replica=run.gpus,
+        max_error_rate=run.max_error_rate)
 
 
 def messages(system: str | None, prompt: str, problem: str) -> list[dict[str, str]]:
@@ -72,7 +95,7 @@ def load_engine(job: GenerationJob) -> Engine:
     assert kind == "hf", kind
     from mixray.generate.hf import HFEngine
 
-    return HFEngine.load(job.model_path, job.torch_threads, dtype=job.engine.dtype,
+    return HFEngine.load(job.model_path, job.placement.torch_threads, dtype=job.engine.dtype,
                          device="cuda" if job.gpus_per_replica > 0 else "cpu")
 
 
@@ -90,6 +113,8 @@ def preflight(job: GenerationJob) -> None:
         if importlib.util.find_spec("vllm") is None:
             raise ValueError(f"teacher {job.label!r}: {INSTALL_HINT}")
     if job.gpus_per_replica > 0:
+        import ray  # here: loading a sweep file (mixray.config reads Placement) needs no Ray
+
         now = dict(ray.cluster_resources())
         cluster.require(f"each replica of {job.label!r} (gpus_per_replica; 0 runs it on CPUs)",
                         "GPU", job.gpus_per_replica, cluster.capacity(now))

@@ -129,7 +129,8 @@ def test_judge_undecided_verdicts_are_counted_not_fatal(evaluation) -> None:
     assert rg["judge_checked"] == len(judged) == len(rejected) > 0
     assert rg["judge_true"] + rg["judge_false"] + rg["judge_undecided"] == rg["judge_checked"]
     assert all(not s["correct"] for s in judged if s["judge"] == "undecided")
-    assert (out / "judge").is_dir()
+    # the model's and the judge's generations: two keyed outputs of the generate stage
+    assert len(list((out / "artifacts" / "generate").glob("*/_COMMITTED"))) == 2
 
 
 def test_mlflow_run(evaluation) -> None:

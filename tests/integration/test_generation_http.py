@@ -163,13 +163,15 @@ def test_a_served_model_is_evaluated_like_a_local_one(served, tmp_path: Path) ->
     folder, every held-out problem scored, no engine errors."""
     from mixray.evaluate.config import EvaluateConfig
     from mixray.evaluate.stage import load_benchmarks, run_evaluation
+    from mixray.generate.job import Placement
 
     base_url, problems, *_ = served
     cfg = EvaluateConfig(engine={"kind": "http", "base_url": base_url, "model": "tiny-random"},
-                         max_new_tokens=8, n_samples=2, temperature=0.7)
+                         sampling={"max_new_tokens": 8, "n": 2, "temperature": 0.7})
     benchmarks = load_benchmarks(cfg, problems.path / "eval.parquet", None)
     metrics = run_evaluation(None, benchmarks, cfg, "You are a helpful assistant.",
-                             tmp_path / "eval", cpus_per_engine=0.5, torch_threads=1)
+                             tmp_path / "eval", root=tmp_path,
+                             placement=Placement(cpus_per_engine=0.5, torch_threads=1))
     samples = pq.read_table(tmp_path / "eval" / "samples.parquet")
     assert samples.num_rows == 2 * 2  # eval problems x samples
     assert metrics["eval_n"] == 2 and metrics["eval_samples"] == 4

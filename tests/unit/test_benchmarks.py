@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
+from mixray.artifacts import StageDir
 from mixray.config import load_sweep
 from mixray.evaluate import stage
 from mixray.evaluate.__main__ import format_summary, main
@@ -32,6 +33,8 @@ from mixray.evaluate.benchmarks import (
 from mixray.evaluate.config import EvaluateConfig, JudgeConfig
 from mixray.evaluate.judge import parse_verdict
 from mixray.evaluate.scoring import average_metrics
+from mixray.generate.job import Placement, model_job
+from mixray.generate.stage import generate_cached
 from mixray.problems.datasets import FieldMap, gold_answer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,7 +96,7 @@ def test_bad_specs_are_refused(value, match: str) -> None:
 def test_evaluate_config_defaults_keep_sweeps_valid() -> None:
     cfg = EvaluateConfig()
     assert [b.kind for b in cfg.benchmarks] == ["heldout"]
-    assert (cfg.n_samples, cfg.temperature, cfg.judge, cfg.pass_ks) == (1, 0.0, None, [1])
+    assert (cfg.sampling.n, cfg.sampling.temperature, cfg.judge, cfg.pass_ks) == (1, 0.0, None, [1])
     for sweep in sorted((REPO / "sweeps").glob("*.yaml")):
         benchmarks = load_sweep(sweep).evaluate.benchmarks  # every sweep file stays valid
         if sweep.stem in ("laptop", "smoke"):
@@ -104,7 +107,7 @@ def test_evaluate_config_reads_shorthands_and_mappings() -> None:
     cfg = EvaluateConfig.model_validate({
         "benchmarks": ["heldout", "gsm8k=/d/g.jsonl",
                        {"kind": "reasoning_gym", "task": "basic_arithmetic", "size": 4}],
-        "n_samples": 6, "temperature": 0.6, "judge": {"model": "tiny-random"}})
+        "sampling": {"n": 6, "temperature": 0.6}, "judge": {"model": "tiny-random"}})
     assert [type(b) for b in cfg.benchmarks] == [HeldOutBenchmark, RegistryBenchmark,
                                                 ReasoningGymBenchmark]
     assert cfg.pass_ks == [1, 2, 4, 6]
@@ -144,11 +147,11 @@ def test_the_cli_evaluates_a_model_or_a_served_one(argv, model, error) -> None:
 
 
 @pytest.mark.parametrize(("data", "match"), [
-    ({"n_samples": 4}, "temperature 0"),
+    ({"sampling": {"n": 4}}, "temperature 0"),
     ({"judge": {}}, "needs a model"),
     ({"judge": {"model": "m", "engine": {"kind": "http", "base_url": "http://x", "model": "m"}}},
      "leave the judge's model out"),
-    ({"n_samples": 2, "temperature": 0.5, "ks": [3]}, "ks"),
+    ({"sampling": {"n": 2, "temperature": 0.5}, "ks": [3]}, "ks"),
     ({"benchmarks": ["heldout", "heldout=x.parquet"]}, "unique"),
     ({"benchmarks": []}, "at least 1"),
     ({"prompt": "no field"}, "{problem}"),
@@ -382,17 +385,78 @@ def test_sample_table_takes_the_first_problems_of_each_benchmark() -> None:
     assert len(completion) < 5000 and completion.endswith("[...]")
 
 
-def test_stale_generations_are_refused_or_discarded(tmp_path: Path) -> None:
-    folder = tmp_path / "generations"
-    stage._prepare(folder, {"model": "a"}, "refuse")
-    (folder / "part-x-00000.parquet").write_bytes(b"rows")
-    stage._prepare(folder, {"model": "a"}, "refuse")  # the same evaluation: kept, to resume
-    assert (folder / "part-x-00000.parquet").exists()
-    with pytest.raises(ValueError, match="another evaluation"):
-        stage._prepare(folder, {"model": "b"}, "refuse")
-    stage._prepare(folder, {"model": "b"}, "regenerate")
-    assert not any(folder.glob("part-*")) and json.loads((folder / "_spec.json").read_text()) == {
-        "model": "b"}
+def _fake_generation(monkeypatch, errors: int = 0) -> list[Path]:
+    """run_generation without Ray: one part per call; returns the folders it was run into."""
+    from mixray.generate import stage as generate
+
+    runs: list[Path] = []
+
+    def run(job, inputs_path: Path, out_dir: Path) -> dict[str, float]:
+        runs.append(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"part-{len(runs)}-00000.parquet").write_bytes(b"rows")
+        return {"rows": 1, "errors": errors}
+
+    monkeypatch.setattr(generate, "run_generation", run)
+    return runs
+
+
+EVAL_ROWS = [{"problem_id": "b/0", "problem": "1 + 1?", "answer": "2"}]
+
+
+def _eval_spec(tmp_path: Path, cfg: EvaluateConfig) -> dict:
+    model = tmp_path / "model"
+    if not model.is_dir():  # written once: its fingerprint (size, mtime) is part of the key
+        model.mkdir()
+        (model / "model.safetensors").write_bytes(b"w")
+    return stage.evaluation_spec("eval", cfg, model, None, EVAL_ROWS)
+
+
+def _eval_run(tmp_path: Path, cfg: EvaluateConfig, placement: Placement = Placement()):
+    job = model_job(cfg, "eval", tmp_path / "model", "{problem}", None, placement)
+    spec = _eval_spec(tmp_path, cfg)
+    return generate_cached(job, spec, tmp_path / "inputs.parquet", tmp_path / "root",
+                           failed_rows="retried")
+
+
+def test_other_evaluations_get_other_folders_and_the_same_one_resumes(tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    runs = _fake_generation(monkeypatch)
+    greedy, sampled = EvaluateConfig(), EvaluateConfig(sampling={"n": 2, "temperature": 0.5})
+    killed = StageDir(tmp_path / "root", "generate", _eval_spec(tmp_path, greedy))
+    (killed.partial() / "data").mkdir()
+    (killed.partial() / "data" / "part-killed-00000.parquet").write_bytes(b"rows")
+    first, stats = _eval_run(tmp_path, greedy)
+    assert first == killed and stats is not None  # it resumed the killed run's work dir
+    assert sorted(p.name for p in (first.path / "data").glob("part-*")) == [
+        "part-1-00000.parquet", "part-killed-00000.parquet"]
+    other, _ = _eval_run(tmp_path, sampled)
+    assert other.path != first.path and first.is_committed() and other.is_committed()
+    again, stats = _eval_run(tmp_path, greedy, Placement(cpus_per_engine=2, torch_threads=2))
+    assert again == first and stats is None and len(runs) == 2  # reused as it is
+
+
+def test_failed_rows_of_a_kept_evaluation_are_retried(tmp_path: Path, monkeypatch) -> None:
+    runs = _fake_generation(monkeypatch, errors=1)
+    first, _ = _eval_run(tmp_path, EvaluateConfig())
+    again, stats = _eval_run(tmp_path, EvaluateConfig())
+    assert again == first and stats is not None and len(runs) == 2
+    assert runs[1] == first.path.parent / f".partial-{first.key}" / "data"  # reopened
+    assert len(list((first.path / "data").glob("part-*"))) == 2 and first.is_committed()
+
+
+@pytest.mark.parametrize(("data", "match"), [
+    ({"n_samples": 4}, "evaluate.n_samples: moved to evaluate.sampling.n"),
+    ({"temperature": 0.5, "max_new_tokens": 8},
+     "evaluate.temperature: moved to evaluate.sampling.temperature; evaluate.max_new_tokens: "
+     "moved to evaluate.sampling.max_new_tokens"),
+    ({"judge": {"model": "m", "max_new_tokens": 4}},
+     "evaluate.judge.max_new_tokens: moved to evaluate.judge.sampling.max_new_tokens"),
+    ({"judge": {"model": "m", "sampling": {"temperature": 0.7}}}, "the judge is greedy"),
+])
+def test_old_evaluate_keys_and_a_sampled_judge_are_refused(data: dict, match: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(match)):
+        EvaluateConfig.model_validate(data)
 
 
 # --- The CLI refuses bad arguments before starting anything ---------------------------------
@@ -423,6 +487,6 @@ def test_cli_unknown_model_and_flags_exit_2(capsys) -> None:
 
 
 def test_pass_ks_default_covers_powers_of_two_and_n() -> None:
-    assert EvaluateConfig(n_samples=16, temperature=1.0).pass_ks == [1, 2, 4, 8, 16]
-    assert EvaluateConfig(n_samples=3, temperature=1.0, ks=[3, 1, 3]).pass_ks == [1, 3]
-    assert math.isclose(EvaluateConfig(temperature=0.0).temperature, 0.0)
+    assert EvaluateConfig(sampling={"n": 16, "temperature": 1.0}).pass_ks == [1, 2, 4, 8, 16]
+    assert EvaluateConfig(sampling={"n": 3, "temperature": 1.0}, ks=[3, 1, 3]).pass_ks == [1, 3]
+    assert math.isclose(EvaluateConfig(sampling={"temperature": 0.0}).sampling.temperature, 0.0)

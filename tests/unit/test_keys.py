@@ -7,7 +7,10 @@ from pathlib import Path
 from mixray.artifacts import StageDir, spec_key
 from mixray.curate.config import CurateConfig
 from mixray.curate.stage import curate_stage
+from mixray.evaluate.config import EvaluateConfig
+from mixray.evaluate.stage import evaluation_spec
 from mixray.generate.config import SamplingConfig, TeacherConfig
+from mixray.generate.job import Placement, model_job
 from mixray.generate.stage import teacher_stage
 from mixray.problems.config import ProblemsConfig
 from mixray.problems.stage import problems_stage
@@ -64,3 +67,50 @@ def test_commit_is_atomic_and_replaces_leftovers(tmp_path: Path) -> None:
     assert not (stage.path / "partial").exists()
     assert (stage.path / "spec.json").exists()
     assert not tmp.exists()
+
+
+def _eval_key(model: Path, cfg: EvaluateConfig | None = None, system: str | None = None,
+              problem: str = "1 + 1?", label: str = "eval") -> str:
+    rows = [{"problem_id": "b/0", "problem": problem, "answer": "2"}]
+    return spec_key(evaluation_spec(label, cfg or EvaluateConfig(), model, system, rows))
+
+
+def _weights(folder: Path, data: bytes) -> Path:
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(data)
+    return folder
+
+
+def test_evaluation_key_follows_content(tmp_path: Path) -> None:
+    model = _weights(tmp_path / "a", b"w")
+    base = _eval_key(model)
+    assert _eval_key(_weights(tmp_path / "b", b"other weights")) != base
+    assert _eval_key(model, EvaluateConfig(sampling={"max_new_tokens": 17})) != base
+    assert _eval_key(model, EvaluateConfig(sampling={"n": 2, "temperature": 0.5})) != base
+    assert _eval_key(model, EvaluateConfig(sampling={"seed": 1})) != base
+    assert _eval_key(model, EvaluateConfig(engine={"kind": "hf", "dtype": "bfloat16"})) != base
+    assert _eval_key(model, EvaluateConfig(engine={"kind": "vllm"})) != base
+    assert _eval_key(model, system="You are terse.") != base
+    assert _eval_key(model, problem="2 + 2?") != base
+    assert _eval_key(model, label="judge") != base  # the label is in every row
+    served = EvaluateConfig(engine={"kind": "http", "base_url": "http://h/v1", "model": "a"})
+    other = EvaluateConfig(engine={"kind": "http", "base_url": "http://h/v1", "model": "b"})
+    assert _eval_key(None, served) != _eval_key(None, other)
+
+
+def test_evaluation_key_ignores_placement(tmp_path: Path) -> None:
+    model = _weights(tmp_path / "a", b"w")
+    base = _eval_key(model)
+    placed = EvaluateConfig(batch_size=32, replicas=4, gpus_per_replica=1, max_error_rate=0.5,
+                            samples_to_log=0, engine={"kind": "hf"})
+    assert _eval_key(model, placed) == base
+    vllm = EvaluateConfig(engine={"kind": "vllm", "tensor_parallel_size": 2,
+                                  "gpu_memory_utilization": 0.5, "enforce_eager": True})
+    assert _eval_key(model, vllm) == _eval_key(model, EvaluateConfig(engine={"kind": "vllm"}))
+    served = {"kind": "http", "base_url": "http://h/v1", "model": "a"}
+    assert _eval_key(None, EvaluateConfig(engine=served)) == _eval_key(
+        None, EvaluateConfig(engine=served | {"base_url": "http://other/v1", "max_retries": 9}))
+    # Placement (CPUs, threads) is no input of the key at all: the job carries it.
+    jobs = [model_job(EvaluateConfig(), "eval", model, "{problem}", None, p)
+            for p in (Placement(), Placement(cpus_per_engine=4, torch_threads=4))]
+    assert jobs[0].placement != jobs[1].placement and jobs[0].sampling == jobs[1].sampling

@@ -35,7 +35,7 @@ def test_paper_recipes_use_the_papers_training_and_evaluation(name: str) -> None
         1e-5, "cosine", 0.0, 2, "bf16", 3, 42)
     assert t.global_batch == 16 and t.system_prompt == "You are a helpful assistant."
     assert [b.name for b in cfg.evaluate.benchmarks] == PAPER_BENCHMARKS
-    assert cfg.evaluate.temperature == 0.0 and cfg.curate.keep == "correct"
+    assert cfg.evaluate.sampling.temperature == 0.0 and cfg.curate.keep == "correct"
     assert cfg.problems.source.path == "hf:DigitalLearningGmbH/MATH-lighteval"
     assert all(trial.mix.per_problem for trial in trials)  # the same problems in every trial
 
