@@ -1,6 +1,8 @@
 # make sweep  — install (once) and run the default sweep (sweeps/laptop.yaml)
 # make test   — install (once) and run the test suite (as root, installs Chromium if missing)
 # make ui     — open the MLflow UI on ./runs (http://127.0.0.1:5000)
+# make cluster-up / cluster-status / cluster-down — a rehearsal Ray cluster on this machine
+#             (clusters/README.md, "Rehearse on a laptop")
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
@@ -9,7 +11,7 @@ ARGS   ?=
 PYTEST ?= -x
 RUNS   ?= runs
 
-.PHONY: setup browser vllm sweep test test-unit ui clean
+.PHONY: setup browser vllm sweep test test-unit ui clean cluster-up cluster-down cluster-status
 
 setup: $(STAMP)
 
@@ -58,6 +60,22 @@ test-unit: setup
 ui: setup
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server \
 	  --backend-store-uri sqlite:///$(abspath $(RUNS))/mlflow.db --workers 1 --host 127.0.0.1 --port 5000
+
+# A local autoscaling cluster from clusters/local.yaml: head + MLflow now, teacher/trainer nodes on
+# demand, each node with its own ~/.cache and /tmp; only CLUSTER_RUNS is shared. The logic is in
+# clusters/local.py. IDLE=1 removes idle nodes after 1 minute instead of local.yaml's 2.
+CLUSTER_DIR  ?= /tmp/mixray-local
+CLUSTER_RUNS ?= runs/cluster
+IDLE         ?=
+cluster-up: setup
+	$(PY) clusters/local.py up --cluster-dir $(CLUSTER_DIR) --run-root $(CLUSTER_RUNS) \
+	  $(if $(IDLE),--idle-minutes $(IDLE))
+
+cluster-status:
+	$(PY) clusters/local.py status --cluster-dir $(CLUSTER_DIR)
+
+cluster-down:
+	$(PY) clusters/local.py down --cluster-dir $(CLUSTER_DIR)
 
 clean:
 	rm -rf $(RUNS)

@@ -23,6 +23,7 @@ CLUSTERS = ROOT / "clusters"
 LAUNCHER = ["aws.yaml", "gcp.yaml"]            # `ray up` configs
 KUBERAY = "kuberay.yaml"                       # Kubernetes manifests (multi-document)
 OTHER = ["aws-network.yaml"]                   # CloudFormation for aws.yaml's security group / EFS
+LOCAL = ["local.yaml"]                         # rehearsal cluster: test_local_cluster.py
 ADMIN_PLACEHOLDER = ipaddress.ip_network("203.0.113.0/24")   # RFC 5737 documentation range
 
 
@@ -40,7 +41,7 @@ def all_yaml_files() -> list[Path]:
 
 def test_every_yaml_is_known():
     """A new file must be added to one of the lists above, so it gets checked."""
-    assert sorted(p.name for p in all_yaml_files()) == sorted(LAUNCHER + [KUBERAY] + OTHER)
+    assert sorted(p.name for p in all_yaml_files()) == sorted(LAUNCHER + [KUBERAY] + OTHER + LOCAL)
 
 
 # ---------------------------------------------------------------------------------------------
