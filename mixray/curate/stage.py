@@ -19,10 +19,19 @@ from mixray.grading.rates import sample_rates
 from mixray.grading.verify import VERIFIER_VERSION
 
 log = logging.getLogger(__name__)
-NEEDED = ("problem_id", "answer", "completion", "n_tokens", "finish_reason")
+NEEDED = ("problem_id", "sample_idx", "answer", "completion", "n_tokens", "finish_reason")
 # Bump when curation writes something else for the same generation and policy: which rows enter
 # a pool (never a row the engine failed on, even with keep "all"), the columns, the stats.
-CURATION_VERSION = 1
+# 2: rows in (problem_id, sample_idx) order, not in the order generation's batches finished.
+CURATION_VERSION = 2
+
+
+def in_row_order(table: pa.Table) -> pa.Table:
+    """The generation's rows sorted by (problem_id, sample_idx). Its parts arrive in the order
+    Ray Data finished their batches, which differs from run to run (seen: a pool starting at
+    problem 20), and the mix draws rows by position: unsorted, the same sweep regenerated from
+    scratch would train on other rows."""
+    return table.sort_by([("problem_id", "ascending"), ("sample_idx", "ascending")])
 
 
 def score(table: pa.Table) -> pa.Table:
@@ -86,7 +95,7 @@ def curate(
     stage = curate_stage(generation, cfg, run_root)
     if stage.is_committed():
         return stage, json.loads((stage.path / "stats.json").read_text()), True
-    scored = score(pq.read_table(generation.path / "data"))
+    scored = in_row_order(score(pq.read_table(generation.path / "data")))
     s = stats(scored)
     tmp = stage.staging()
     pq.write_table(scored, tmp / "scored.parquet")

@@ -51,6 +51,7 @@ def _generations() -> pa.Table:
         "completion": ["Final Answer: \\boxed{2}", "\\boxed{4}", "I am not sure", "so 5"],
         "n_tokens": [10, 20, 30, 40],
         "finish_reason": ["stop", "stop", "length", "stop"],
+        "sample_idx": pa.array([0, 0, 0, 0], pa.int32()),
     })
 
 
@@ -113,3 +114,19 @@ def test_a_failed_row_is_an_error_not_a_missing_answer_and_never_pooled(tmp_path
     cur, _, _ = curate(gen, CurateConfig(keep="all"), tmp_path)
     pool = pq.read_table(cur.path / "pool.parquet")
     assert pool.num_rows == 3 and pc.sum(pc.equal(pool["finish_reason"], "error")).as_py() == 0
+
+
+def test_a_pool_does_not_depend_on_the_order_generation_finished_its_batches(tmp_path) -> None:
+    """Generation parts arrive in the order their batches finished; the mix draws rows by
+    position, so the pool must come out in one order whatever order they arrived in."""
+    table = _generations()
+    pools = []
+    for name, rows in (("in-order", table), ("reversed", table.take([3, 2, 1, 0]))):
+        gen = StageDir(tmp_path / name, "generate", {"x": 1})
+        (gen.path / "data").mkdir(parents=True)
+        pq.write_table(rows.slice(0, 2), gen.path / "data" / "part-a-00000.parquet")
+        pq.write_table(rows.slice(2), gen.path / "data" / "part-a-00001.parquet")
+        cur, _, _ = curate(gen, CurateConfig(keep="all"), tmp_path / name)
+        pools.append(pq.read_table(cur.path / "pool.parquet"))
+    assert pools[0].equals(pools[1])
+    assert pools[0]["problem_id"].to_pylist() == ["a", "b", "c", "d"]
