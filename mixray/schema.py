@@ -13,3 +13,10 @@ from pydantic import BaseModel, ConfigDict
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def count_or_all(value: int | str, what: str = "") -> int | str:
+    """A size field's check (problems' sizes, the mix budget): 'all' or a count >= 1."""
+    if value != "all" and value < 1:
+        raise ValueError(f"{what}must be 'all' or a count >= 1, got {value}")
+    return value

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from mixray.schema import Strict
+from mixray.schema import Strict, count_or_all
 
 MixWeights = dict[str, float]
 
@@ -168,9 +168,7 @@ class MixSpec(MixStrict):
     @field_validator("budget")
     @classmethod
     def _positive_budget(cls, budget: int | str) -> int | str:
-        if budget != "all" and budget < 1:
-            raise ValueError(f"budget must be 'all' or a count >= 1, got {budget}")
-        return budget
+        return count_or_all(budget, "budget ")
 
     @model_validator(mode="after")
     def _consistent(self) -> MixSpec:

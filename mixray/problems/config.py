@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from mixray.problems.datasets import LOCAL_SUFFIXES, AnswerTransform, FieldMap
-from mixray.schema import Strict
+from mixray.schema import Strict, count_or_all
 
 # Keys of earlier sweep files, refused with where they went (a file must say what it means).
 MOVED_KEYS = {
@@ -147,9 +147,7 @@ class ProblemsConfig(Strict):
     @field_validator("train_size", "eval_size")
     @classmethod
     def _positive(cls, size: int | str) -> int | str:
-        if size != "all" and size < 1:
-            raise ValueError(f"must be 'all' or a count >= 1, got {size}")
-        return size
+        return count_or_all(size)
 
     @model_validator(mode="after")
     def _sizes_fit_source(self) -> ProblemsConfig:
