@@ -322,8 +322,39 @@ def start(cluster: Cluster, cfg: dict[str, Any]) -> None:
     subprocess.run(head_command(cluster, cfg, config_path), check=True,
                    env=head_env(dict(os.environ), cluster), stdout=sys.stderr)
     wait_until("the job agent", lambda: _listens(cluster.ports.agent))
+    report_node_groups(cluster, cfg)
     wait_until("the MLflow server", lambda: _answers(f"{cluster.tracking_uri}/health"))
     log.info("cluster up in %.0f s", time.monotonic() - started)
+
+
+def node_groups(cfg: dict[str, Any]) -> bytes:
+    """The autoscaling config's node types as Ray's ClusterConfig record (serialized): each
+    type's resources and most nodes, the head's counted once."""
+    from ray.core.generated import autoscaler_pb2
+
+    record = autoscaler_pb2.ClusterConfig()
+    for name, node in cfg["available_node_types"].items():
+        group = record.node_group_configs.add(name=name)
+        group.max_count = 1 if name == cfg["head_node_type"] else node.get("max_workers", 0)
+        group.min_count = 1 if name == cfg["head_node_type"] else node.get("min_workers", 0)
+        for key, amount in (node.get("resources") or {}).items():
+            if amount:  # the record holds whole units (uint64); local.yaml's are whole
+                assert float(amount).is_integer(), f"{name}.{key}: {amount} is not whole"
+                group.resources[key] = int(amount)
+    return record.SerializeToString()
+
+
+def report_node_groups(cluster: Cluster, cfg: dict[str, Any]) -> None:
+    """Tell the GCS what node types the autoscaler may start, as Ray's autoscaler v2 and
+    KubeRay do (the fake provider's v1 autoscaler reports nothing): what mixray.cluster's
+    capacity check, and Ray Data's autoscaling, read to learn that a type from 0 nodes exists."""
+    # In a process of its own: Ray reads RAY_AUTH_MODE once, when it is first imported (here, by
+    # local_provider), and this CLI's own environment has no token auth.
+    code = ("import sys; from ray._raylet import GcsClient; "
+            "GcsClient(address=sys.argv[1]).report_cluster_config(sys.stdin.buffer.read())")
+    subprocess.run([sys.executable, "-c", code, cluster.gcs_address], input=node_groups(cfg),
+                   env=head_env(dict(os.environ), cluster), check=True)
+    log.info("reported the node types %s to the GCS", sorted(cfg["available_node_types"]))
 
 
 def summary(cluster: Cluster) -> str:

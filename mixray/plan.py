@@ -62,6 +62,9 @@ def check_resources(cfg: SweepConfig, capacity: dict[str, float]) -> None:
                       "GPU", teacher.gpus))
     for what, resource, need in needs:
         cluster.require(what, resource, need, capacity)
+    for role, node_type in cfg.resources.node_types.model_dump().items():
+        if node_type is not None:
+            cluster.require_node_type(f"resources.node_types.{role}", node_type, capacity)
 
 
 def describe_search(cfg: SweepConfig) -> str:

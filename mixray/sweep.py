@@ -49,15 +49,22 @@ class Upstream:
 def run_upstream(cfg: SweepConfig, timings: dict[str, float]) -> Upstream:
     """Models, problems, and per-teacher generation and curation — each cached by its key."""
     from mixray.curate.stage import curate
+    from mixray.evaluate.stage import fetch_benchmarks
     from mixray.generate.stage import generate_teacher
     from mixray.problems.stage import build_problems, problems_summary
 
     t0 = time.perf_counter()
     specs = {*cfg.students, *(t.local_model for t in cfg.teachers.values() if t.local_model)}
-    paths = {spec: models.resolve(spec) for spec in sorted(specs)}
+    if cfg.evaluate.judge is not None and cfg.evaluate.judge.model is not None:
+        specs.add(cfg.evaluate.judge.model)  # trials find it placed (evaluate.stage)
+    # In the run root, never the driver's cache: the actors and Train workers that load them run
+    # on other nodes, which share nothing else with this one.
+    into = models.in_run_root(cfg.run_root_path)
+    paths = {spec: models.resolve(spec, into=into) for spec in sorted(specs)}
     timings["models"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     problems, cached = build_problems(cfg.problems, cfg.run_root_path)
+    fetch_benchmarks(cfg.evaluate, cfg.run_root_path)  # hub benchmarks, once, for every trial
     timings["problems"] = time.perf_counter() - t0
     up = Upstream(paths=paths, problems=problems,
                   stages={"problems": {"path": str(problems.path), "cached": cached,
@@ -66,7 +73,8 @@ def run_upstream(cfg: SweepConfig, timings: dict[str, float]) -> Upstream:
         t0 = time.perf_counter()
         model = paths[teacher.local_model] if teacher.local_model else None  # http: served
         gen, gen_stats = generate_teacher(label, teacher, model, problems,
-                                          cfg.run_root_path, cfg.resources.placement())
+                                          cfg.run_root_path,
+                                          cfg.resources.placement("teachers"))
         cur, stats, cur_cached = curate(gen, cfg.curate, cfg.run_root_path)
         timings[f"generate+curate.{label}"] = time.perf_counter() - t0
         up.pools[label], up.curate[label] = cur.path / "pool.parquet", stats

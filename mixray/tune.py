@@ -87,6 +87,7 @@ def run_trial(trial: Trial, ctx: SweepContext) -> dict[str, float]:
             validation_path=str(mix.validation) if mix.validation else None,
             cpus_per_worker=cfg.resources.cpus_per_train_worker,
             gpus_per_worker=cfg.resources.gpus_per_train_worker,
+            node_type=cfg.resources.node_types.train_workers,
             storage=cfg.run_root_path / "train",
             name=train_run_dir(ctx, trial.name).name, callbacks=[TuneReportCallback()],
             report_steps=_rung_steps(ctx.cfg),  # the sweep's: a trial's cfg has no search
@@ -94,7 +95,7 @@ def run_trial(trial: Trial, ctx: SweepContext) -> dict[str, float]:
         t2 = time.perf_counter()
         metrics = evaluate_model(
             model_dir, Path(ctx.eval_problems), cfg.evaluate, cfg.train.system_prompt, out / "eval",
-            root=cfg.run_root_path, placement=cfg.resources.placement(),
+            root=cfg.run_root_path, placement=cfg.resources.placement("evaluation"),
         )
         t3 = time.perf_counter()
         metrics |= {k: v for k, v in history[-1].items() if k.startswith("val_loss")}

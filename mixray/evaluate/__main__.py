@@ -37,7 +37,8 @@ benchmarks (each B is one of):
                         local file with columns problem and answer
   heldout=PATH          a sweep's held-out problems (runs/artifacts/problems/<key>/eval.parquet)
   rg:TASK[:SIZE]        an offline reasoning-gym set (seeded away from training seeds)
-  hf:OWNER/NAME         any hub dataset with columns problem and answer (split test)
+  hf:OWNER/NAME[@REV]   any hub dataset with columns problem and answer (split test), at a
+                        revision if given; hub datasets are read once into runs/datasets
   PATH.jsonl            a local file with columns problem and answer
   '{kind: dataset, name: mine, path: x.jsonl, fields: {problem: q, answer: a}, ...}'
                         a full spec as YAML (see mixray/evaluate/benchmarks.py)
@@ -223,13 +224,17 @@ def main(argv: list[str] | None = None) -> int:
     from mixray.evaluate.stage import load_benchmarks, run_evaluation
     from mixray.generate.job import Placement
     from mixray.generate.stage import GenerationFailed
+    from mixray.problems.datasets import HUB_CACHE_DIR
 
     # Everything that can be checked without Ray is checked now: the data first (cheap), then
     # the model and the judge, which may be built or converted on first use (seconds to minutes).
     try:
         if args.exclude_problems is not None and not args.exclude_problems.is_file():
             raise ValueError(f"--exclude-problems {args.exclude_problems}: no such file")
-        benchmarks = load_benchmarks(cfg, None, args.exclude_problems)
+        # Hub benchmarks are read once into the default run root's cache (runs/datasets, where
+        # the default MLflow store lies too): later evaluations and laptop sweeps reuse the copy.
+        benchmarks = load_benchmarks(cfg, None, args.exclude_problems,
+                                     cache=Path("runs").resolve() / HUB_CACHE_DIR)
         model_dir = None if cfg.engine.kind == "http" else models.resolve(name)
         judge_dir = models.resolve(cfg.judge.model) if cfg.judge and cfg.judge.model else None
     except ValueError as e:

@@ -5,8 +5,9 @@ A benchmark spec is one of four kinds (the ``kind`` key of a sweep file's ``eval
 ``heldout``        the sweep's held-out problems (or any file in the problems schema, ``path``).
 ``registry``       one of the paper's benchmarks by name (`REGISTRY`): from the Hugging Face hub,
                    or from a local jsonl/parquet copy with the hub's columns (``path``).
-``dataset``        any hub dataset (``path: hf:owner/name``) or local jsonl/json/parquet file,
-                   with a field mapping, a gold-answer transform and an optional expected size.
+``dataset``        any hub dataset (``path: hf:owner/name``, pinned: ``hf:owner/name@revision``)
+                   or local jsonl/json/parquet file, with a field mapping, a gold-answer
+                   transform and an optional expected size.
 ``reasoning_gym``  an offline set from a reasoning-gym task, seeded away from training seeds and
                    checked to share no problem text with the training problems.
 
@@ -15,7 +16,9 @@ datasets are read, mapped and checked by `mixray.problems.datasets`. Records tha
 (a missing field, no answer where the transform needs one, a duplicate id) are never dropped
 silently: each comes back as a bad row with its reason, and the caller writes them aside and
 counts them. A registry benchmark's size is checked on load, so a truncated download or a wrong
-split fails loudly instead of shifting accuracies.
+split fails loudly instead of shifting accuracies. Given a ``cache`` (a sweep's
+``<run_root>/datasets``), a hub dataset is read from the hub once and from the run root after
+(`mixray.problems.datasets.read_hub_cached`), so trials on worker nodes never download it.
 
 Shorthands (the CLI's ``--benchmarks`` and strings in a sweep file) are parsed by
 `parse_benchmark`: ``math500``, ``gsm8k=/data/gsm8k.parquet``, ``heldout``,
@@ -42,6 +45,7 @@ from mixray.problems.datasets import (
     LOCAL_SUFFIXES,
     AnswerTransform,
     FieldMap,
+    parse_hub_path,
     read_local,
     read_records,
     source_name,
@@ -82,7 +86,8 @@ class DatasetBenchmark(Strict):
 
     kind: Literal["dataset"] = "dataset"
     name: str = Field(pattern=NAME_PATTERN)
-    path: str = Field(description="'hf:owner/name' (needs the datasets package) or a local file.")
+    path: str = Field(description="'hf:owner/name[@revision]' (needs the datasets package) or "
+                      "a local file.")
     config: str | None = Field(None, description="Hub dataset config (subset).")
     split: str = Field("test", description="Hub dataset split.")
     fields: FieldMap = FieldMap()
@@ -99,7 +104,9 @@ class DatasetBenchmark(Strict):
     @field_validator("path")
     @classmethod
     def _known_source(cls, path: str) -> str:
-        if not path.startswith("hf:") and not path.endswith(LOCAL_SUFFIXES):
+        if path.startswith("hf:"):
+            parse_hub_path(path)  # a malformed @revision fails here, not inside a trial
+        elif not path.endswith(LOCAL_SUFFIXES):
             raise ValueError(f"path {path!r} is neither 'hf:owner/name' nor a local file ending "
                              f"in {', '.join(LOCAL_SUFFIXES)}")
         return path
@@ -199,7 +206,8 @@ def parse_benchmark(value: Any) -> Any:
             raise ValueError(f"{text!r}: a reasoning-gym set is rg:TASK or rg:TASK:SIZE")
         return {"kind": "reasoning_gym", "task": task} | ({"size": int(size)} if size else {})
     if text.startswith("hf:"):
-        return {"kind": "dataset", "name": _name_from(text[3:].rsplit("/", 1)[-1]), "path": text}
+        dataset = text[3:].partition("@")[0]  # a pinned revision is not part of the name
+        return {"kind": "dataset", "name": _name_from(dataset.rsplit("/", 1)[-1]), "path": text}
     name, eq, path = text.partition("=")
     if eq:
         name, path = name.strip(), path.strip()
@@ -244,11 +252,12 @@ class LoadedBenchmark:
     source: str = ""
 
 
-def load_benchmark(spec: Any, *, heldout: Path | None = None,
-                   exclude: Iterable[str] = ()) -> LoadedBenchmark:
+def load_benchmark(spec: Any, *, heldout: Path | None = None, exclude: Iterable[str] = (),
+                   cache: Path | None = None) -> LoadedBenchmark:
     """Load one benchmark spec. ``heldout`` is the sweep's held-out problems file (for a
     ``heldout`` spec without a path); ``exclude`` holds training problem texts that a
-    reasoning-gym set must not contain."""
+    reasoning-gym set must not contain; ``cache`` is where hub datasets are read through
+    (``<run_root>/datasets``; None: from the hub every time)."""
     if isinstance(spec, RegistryBenchmark):
         spec = spec.resolve()
     if isinstance(spec, ReasoningGymBenchmark):
@@ -261,7 +270,7 @@ def load_benchmark(spec: Any, *, heldout: Path | None = None,
         records = read_local(path)
         fields, transform, expected, source = FieldMap(id="problem_id"), "as_is", None, str(path)
     elif isinstance(spec, DatasetBenchmark):
-        records = read_records(spec.path, spec.config, spec.split)
+        records = read_records(spec.path, spec.config, spec.split, cache=cache)
         fields, transform, expected = spec.fields, spec.answer_transform, spec.expected_size
         source = source_name(spec.path, spec.config, spec.split)
     else:

@@ -16,6 +16,9 @@ What lands in ``out_dir``:
   metrics.json                per benchmark, the average over benchmarks, the flat metrics
   sample_completions.json     a few completions per benchmark (MLflow's table format)
 
+Hub benchmarks are read through ``<root>/datasets`` (`HUB_CACHE_DIR`): `fetch_benchmarks` reads
+each one there once, before a sweep's trials start, and every trial on any node reads that copy.
+
 The generations (the model's, the judge's) are the generate stage's keyed outputs under ``root``
 (`mixray.generate.stage.generate_cached`: ``<root>/artifacts/generate/<key>/``), keyed by
 `evaluation_spec`: a killed evaluation rerun with the same root generates only the missing rows,
@@ -35,8 +38,10 @@ import pyarrow.parquet as pq
 
 from mixray.artifacts import StageDir, spec_key
 from mixray.evaluate.benchmarks import (
+    DatasetBenchmark,
     LoadedBenchmark,
     ReasoningGymBenchmark,
+    RegistryBenchmark,
     load_benchmark,
     read_problem_texts,
 )
@@ -48,6 +53,7 @@ from mixray.generate.job import Placement, model_job
 from mixray.generate.stage import generate_cached, run_spec
 from mixray.grading.grade import AnswerFormat, score_completion
 from mixray.grading.verify import VERIFIER_VERSION
+from mixray.problems.datasets import HUB_CACHE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +70,36 @@ TABLE_TEXT_CHARS = {"problem": 1000, "completion": 4000}  # keep the artifact re
 
 
 def load_benchmarks(cfg: EvaluateConfig, heldout: Path | None = None,
-                    exclude_problems: Path | None = None) -> list[LoadedBenchmark]:
+                    exclude_problems: Path | None = None, *,
+                    cache: Path | None = None) -> list[LoadedBenchmark]:
     """Load every benchmark of ``cfg``; raises ValueError naming the first one that fails.
 
-    ``exclude_problems`` (training problems) keeps reasoning-gym sets disjoint from them.
+    ``exclude_problems`` (training problems) keeps reasoning-gym sets disjoint from them;
+    ``cache`` is where hub datasets are read through (None: from the hub each time).
     """
     needs_exclusion = any(isinstance(b, ReasoningGymBenchmark) for b in cfg.benchmarks)
     exclude = read_problem_texts(exclude_problems) if exclude_problems and needs_exclusion \
         else set()
-    return [load_benchmark(spec, heldout=heldout, exclude=exclude) for spec in cfg.benchmarks]
+    return [load_benchmark(spec, heldout=heldout, exclude=exclude, cache=cache)
+            for spec in cfg.benchmarks]
+
+
+def fetch_benchmarks(cfg: EvaluateConfig, root: Path) -> list[str]:
+    """Read every hub benchmark of ``cfg`` into ``<root>/datasets`` once; returns their names
+    (fetched now or already there). The sweep driver calls it before trials start, so trials
+    on worker nodes read the run root's copy instead of each downloading from the hub. Each is
+    loaded whole (fields, expected size), so a broken benchmark fails here, before any training.
+    """
+    cache = root / HUB_CACHE_DIR
+    names = []
+    for spec in cfg.benchmarks:
+        resolved = spec.resolve() if isinstance(spec, RegistryBenchmark) else spec
+        if isinstance(resolved, DatasetBenchmark) and resolved.path.startswith("hf:"):
+            load_benchmark(resolved, cache=cache)
+            names.append(resolved.name)
+    if names:
+        log.info("evaluate: hub benchmarks %s in %s", ", ".join(names), cache)
+    return names
 
 
 def evaluate_model(
@@ -84,8 +111,8 @@ def evaluate_model(
 
     ``problems`` is the sweep's held-out set (what a ``heldout`` benchmark means); by default
     its sibling ``train.parquet``, when there is one, is what reasoning-gym sets must avoid.
-    The generations are cached under ``root`` (a sweep's run root); ``placement`` goes to the
-    generation actors. The returned
+    The generations are cached under ``root`` (a sweep's run root), and hub benchmarks are read
+    through ``root/datasets``; ``placement`` goes to the generation actors. The returned
     keys: ``eval_accuracy`` (the paper's P: one benchmark's accuracy, or the unweighted mean),
     ``eval_accuracy_stderr``, ``eval_n`` (problems), ``eval_samples``, ``eval_no_answer_rate``,
     ``eval_truncation_rate``, ``eval_error_rate``, ``eval_tokens_mean`` (rates and lengths
@@ -95,7 +122,7 @@ def evaluate_model(
     if exclude_problems is None and problems is not None:
         sibling = Path(problems).parent / "train.parquet"
         exclude_problems = sibling if sibling.is_file() else None
-    benchmarks = load_benchmarks(cfg, problems, exclude_problems)
+    benchmarks = load_benchmarks(cfg, problems, exclude_problems, cache=root / HUB_CACHE_DIR)
     return run_evaluation(model_dir, benchmarks, cfg, system_prompt, out_dir, root=root,
                           placement=placement)
 
@@ -134,7 +161,8 @@ def run_evaluation(
         if judge_model_dir is None and cfg.judge.model is not None:
             from mixray import models
 
-            judge_model_dir = models.resolve(cfg.judge.model)
+            # on whichever node runs the trial: placed in the run root (by the sweep, first)
+            judge_model_dir = models.resolve(cfg.judge.model, into=models.in_run_root(root))
         _judge(samples, formats, cfg, judge_model_dir, out_dir, root, placement)
     pq.write_table(pa.Table.from_pylist(samples, SAMPLE_SCHEMA), out_dir / "samples.parquet")
 

@@ -31,6 +31,8 @@ class Placement:
 
     cpus_per_engine: float = 0.5
     torch_threads: int = 1
+    # the custom resource of the node type the actors must run on (ResourcesConfig.node_types)
+    node_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,12 +114,16 @@ def preflight(job: GenerationJob) -> None:
         # the actor's own ImportError surfaces only after the pool has started.
         if importlib.util.find_spec("vllm") is None:
             raise ValueError(f"teacher {job.label!r}: {INSTALL_HINT}")
-    if job.gpus_per_replica > 0:
+    if job.gpus_per_replica > 0 or job.placement.node_type:
         import ray  # here: loading a sweep file (mixray.config reads Placement) needs no Ray
 
         now = dict(ray.cluster_resources())
+        have = cluster.capacity(now)
         cluster.require(f"each replica of {job.label!r} (gpus_per_replica; 0 runs it on CPUs)",
-                        "GPU", job.gpus_per_replica, cluster.capacity(now))
+                        "GPU", job.gpus_per_replica, have)
+        if job.placement.node_type:
+            cluster.require_node_type(f"the node type of {job.label!r} (resources.node_types)",
+                                      job.placement.node_type, have)
         gpus = now.get("GPU", 0.0)
         if gpus < job.gpus_per_replica:
             log.warning("generate[%s]: each replica asks for %g GPU(s) and the cluster has %g "

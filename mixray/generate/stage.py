@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
+from mixray import cluster
 from mixray.artifacts import StageDir
 from mixray.generate.config import ModelRun, TeacherConfig
 from mixray.generate.engine import Completion, Messages, row_seed
@@ -260,6 +261,8 @@ def _stream(job: GenerationJob, rows: pa.Table) -> Iterator[pa.Table]:
     remote_args: dict[str, Any] = {"num_cpus": job.placement.cpus_per_engine}
     if job.gpus_per_replica > 0:
         remote_args["num_gpus"] = job.gpus_per_replica
+    if job.placement.node_type:
+        remote_args["resources"] = {job.placement.node_type: cluster.NODE_TYPE_SHARE}
     ds = ray.data.from_arrow(blocks).map_batches(
         _EngineActor,
         fn_constructor_kwargs={"job": job},

@@ -11,6 +11,8 @@ Two sources (`ProblemsConfig.source`):
                    the seed from what is left. Records that cannot be used (a missing field, no
                    answer, a repeated id or problem text, a held-out problem that is also a
                    training one) are never dropped silently: they are counted and written aside.
+                   A hub dataset is read once into ``<run_root>/datasets`` and from there after
+                   (`mixray.problems.datasets.read_hub_cached`).
 
 What the stage folder holds: ``train.parquet``, ``eval.parquet``, ``bad_rows.parquet``
 (split, source, index, reason, record as JSON; empty when every record was usable) and
@@ -33,7 +35,7 @@ import pyarrow.parquet as pq
 
 from mixray.artifacts import StageDir
 from mixray.problems.config import DatasetSource, ProblemsConfig, ReasoningGymSource
-from mixray.problems.datasets import read_records, source_name, usable_rows
+from mixray.problems.datasets import HUB_CACHE_DIR, read_records, source_name, usable_rows
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +95,8 @@ def _file_sha256(path: str) -> str:
 def problems_stage(cfg: ProblemsConfig, run_root: Path) -> StageDir:
     """The keyed output dir holding ``train.parquet`` and ``eval.parquet``: keyed by the source
     and the sizes. A dataset key also holds the sha256 of each local file read, so an edited
-    file is read again; hub datasets are keyed by id, config and split (pin one with a local
-    copy).
+    file is read again; hub datasets are keyed by id, config and split (pin one to a commit
+    with ``hf:owner/name@revision``, which is part of the key).
     """
     src = cfg.source
     spec = {"version": 1, "source": src.model_dump(), "train_size": cfg.train_size,
@@ -113,7 +115,7 @@ def build_problems(cfg: ProblemsConfig, run_root: Path) -> tuple[StageDir, bool]
     if isinstance(cfg.source, ReasoningGymSource):
         train, held, bad = _reasoning_gym_sets(cfg, cfg.source)
     else:
-        train, held, bad = _dataset_sets(cfg, cfg.source)
+        train, held, bad = _dataset_sets(cfg, cfg.source, run_root / HUB_CACHE_DIR)
     tmp = stage.staging()
     pq.write_table(pa.Table.from_pylist(train, SCHEMA), tmp / "train.parquet")
     pq.write_table(pa.Table.from_pylist(held, SCHEMA), tmp / "eval.parquet")
@@ -155,18 +157,23 @@ def _reasoning_gym_sets(cfg: ProblemsConfig, src: ReasoningGymSource
 
 
 def _name(path: str, split: str) -> str:
-    """A problem-id prefix: the dataset's or file's name, plus the split of a hub dataset."""
-    base = path[3:].rsplit("/", 1)[-1] if path.startswith("hf:") else Path(path).stem
+    """A problem-id prefix: the dataset's or file's name (without a pinned revision, so ids stay
+    the same across revisions), plus the split of a hub dataset."""
+    if path.startswith("hf:"):
+        base = path[3:].partition("@")[0].rsplit("/", 1)[-1]
+    else:
+        base = Path(path).stem
     base = re.sub(r"[^A-Za-z0-9_-]+", "_", base).strip("_") or "problems"
     return f"{base}-{split}" if path.startswith("hf:") else base
 
 
-def _read(src: DatasetSource, path: str, split: str, name: str, which: str
+def _read(src: DatasetSource, path: str, split: str, name: str, which: str, cache: Path
           ) -> tuple[list[dict], list[dict]]:
     """(problem rows with their record index, bad rows) of one source, in record order.
-    Records are read and mapped by `datasets`; a problem text seen before is a bad row here too."""
+    Records are read and mapped by `datasets` (a hub dataset through ``cache``); a problem text
+    seen before is a bad row here too."""
     try:
-        records = read_records(path, src.config, split)
+        records = read_records(path, src.config, split, cache=cache)
         good, bad_rows = usable_rows(name, records, src.fields, src.answer_transform, "lenient",
                                      source=source_name(path, src.config, split))
     except ValueError as e:
@@ -208,13 +215,13 @@ def _too_few(what: str, have: int, want: int, bad: list[dict]) -> ValueError:
                       f"asked for{why}; lower problems.train_size / eval_size")
 
 
-def _dataset_sets(cfg: ProblemsConfig, src: DatasetSource
+def _dataset_sets(cfg: ProblemsConfig, src: DatasetSource, cache: Path
                   ) -> tuple[list[dict], list[dict], list[dict]]:
     # Separate streams for the two draws, so changing one size never reshuffles the other set.
     train_rng = np.random.default_rng([cfg.seed, 0])
     eval_rng = np.random.default_rng([cfg.seed, 1])
     name = _name(src.path, src.split)
-    pool, bad = _read(src, src.path, src.split, name, "train")
+    pool, bad = _read(src, src.path, src.split, name, "train", cache)
     if not src.separate_eval:
         assert isinstance(cfg.eval_size, int), "validated: carving needs a count"
         want = cfg.eval_size + (1 if cfg.train_size == "all" else cfg.train_size)
@@ -233,7 +240,7 @@ def _dataset_sets(cfg: ProblemsConfig, src: DatasetSource
     eval_name = _name(eval_path, eval_split)
     if eval_name == name:
         eval_name = f"{name}-eval"
-    candidates, eval_bad = _read(src, eval_path, eval_split, eval_name, "eval")
+    candidates, eval_bad = _read(src, eval_path, eval_split, eval_name, "eval", cache)
     trained = {r["problem"]: r["problem_id"] for r in train}
     held = []
     for row in candidates:

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from mixray import cluster
 from mixray.disk import human_size, remove
 from mixray.train.args import LoopArgs
 from mixray.train.config import TrainConfig
@@ -95,7 +96,7 @@ def train_loop_per_worker(config: dict) -> None:
 
 def train_from_config(t: TrainConfig, *, model_path: str, manifest_path: str, torch_threads: int,
                       cpus_per_worker: float, storage: Path, name: str,
-                      gpus_per_worker: float = 0.0,
+                      gpus_per_worker: float = 0.0, node_type: str | None = None,
                       callbacks: list | None = None, report_steps: list[int] | None = None,
                       validation_path: str | None = None,
                       wrap_reporter: WrapReporter | None = None) -> tuple[Path, list[dict]]:
@@ -108,7 +109,7 @@ def train_from_config(t: TrainConfig, *, model_path: str, manifest_path: str, to
     return train_student(args, num_workers=t.num_workers, cpus_per_worker=cpus_per_worker,
                          gpus_per_worker=gpus_per_worker, storage=storage, name=name,
                          callbacks=callbacks, max_failures=t.max_failures,
-                         wrap_reporter=wrap_reporter)
+                         wrap_reporter=wrap_reporter, node_type=node_type)
 
 
 def train_student(
@@ -122,6 +123,7 @@ def train_student(
     max_failures: int = 0,
     gpus_per_worker: float = 0.0,
     wrap_reporter: WrapReporter | None = None,
+    node_type: str | None = None,
 ) -> tuple[Path, list[dict]]:
     """Fit; return (HF folder of the trained student, per-step history).
 
@@ -139,7 +141,9 @@ def train_student(
         scaling_config=ScalingConfig(
             num_workers=num_workers, use_gpu=gpus_per_worker > 0,
             resources_per_worker={"CPU": cpus_per_worker}
-            | ({"GPU": gpus_per_worker} if gpus_per_worker else {}),
+            | ({"GPU": gpus_per_worker} if gpus_per_worker else {})
+            # the node type's marker (resources.node_types.train_workers)
+            | ({node_type: cluster.NODE_TYPE_SHARE} if node_type else {}),
         ),
         run_config=RunConfig(
             name=name,  # unique per trial: the same name would silently resume an old run

@@ -1,0 +1,79 @@
+"""The capacity check: what an autoscaling cluster may add, and work no node type could hold
+refused at once, naming the sweep-file key (no Ray here: capacities are given)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mixray import cluster
+from mixray.config import load_sweep
+from mixray.plan import check_resources
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "clusters"))
+import local  # noqa: E402  clusters/local.py, the rehearsal cluster's CLI
+
+
+def test_launcher_maximum_sums_node_types_times_their_most_workers() -> None:
+    most = cluster.launcher_maximum(REPO / "clusters" / "aws.yaml")
+    launcher = yaml.safe_load((REPO / "clusters" / "aws.yaml").read_text())
+    types = launcher["available_node_types"]
+    gpus = sum(t.get("resources", {}).get("GPU", 0) * t.get("max_workers", 0)
+               for name, t in types.items() if name != launcher["head_node_type"])
+    assert gpus > 0 and most["GPU"] == gpus
+    assert most["teacher_node"] >= 1 and most["trainer_node"] >= 1
+    assert cluster.launcher_maximum(REPO / "no-such-file.yaml") == {}
+
+
+@pytest.mark.parametrize("name", ["paper-mix", "paper-long-short", "paper-large-small"])
+def test_the_paper_recipes_fit_what_aws_yaml_may_start(name: str) -> None:
+    """What `ray up clusters/aws.yaml` can add holds every trial and teacher replica, on the
+    node types the recipe names."""
+    cfg = load_sweep(REPO / "sweeps" / f"{name}.yaml")
+    assert cfg.resources.node_types.teachers == "teacher_node"
+    assert cfg.resources.node_types.train_workers == "trainer_node"
+    check_resources(cfg, cluster.launcher_maximum(REPO / "clusters" / "aws.yaml"))
+
+
+def test_a_node_type_no_node_carries_is_refused_naming_the_key() -> None:
+    cfg = load_sweep(REPO / "sweeps" / "smoke.yaml",
+                     ["resources.node_types.train_workers=trainer_node"])
+    with pytest.raises(ValueError, match=r"resources\.node_types\.train_workers is "
+                                         r"'trainer_node'.*\['teacher_node'\]"):
+        check_resources(cfg, {"CPU": 8.0, "teacher_node": 1.0, "node:127.0.0.1": 1.0})
+    check_resources(cfg, {"CPU": 8.0, "trainer_node": 2.0})
+
+
+def test_node_types_reach_the_placements() -> None:
+    cfg = load_sweep(REPO / "sweeps" / "smoke.yaml",
+                     ["resources.node_types.teachers=teacher_node",
+                      "resources.node_types.evaluation=trainer_node"])
+    assert cfg.resources.placement("teachers").node_type == "teacher_node"
+    assert cfg.resources.placement("evaluation").node_type == "trainer_node"
+    assert load_sweep(REPO / "sweeps" / "smoke.yaml").resources.placement("teachers").node_type \
+        is None
+
+
+def test_a_builtin_resource_is_not_a_node_type() -> None:
+    from mixray.config import SweepFileError
+
+    with pytest.raises(SweepFileError, match="node_types.*'GPU'.*custom resource"):
+        load_sweep(REPO / "sweeps" / "smoke.yaml", ["resources.node_types.teachers=GPU"])
+
+
+def test_the_local_cluster_reports_its_node_types_as_rays_cluster_config() -> None:
+    """What `make cluster-up` reports to the GCS, read back by Ray's own reader."""
+    from ray._private.state import GlobalState
+    from ray.core.generated import autoscaler_pb2
+
+    cfg = yaml.safe_load((REPO / "clusters" / "local.yaml").read_text())
+    record = autoscaler_pb2.ClusterConfig.FromString(local.node_groups(cfg))
+    groups = {g.name: g for g in record.node_group_configs}
+    assert (groups["trainer"].max_count, dict(groups["trainer"].resources)) == (
+        2, {"CPU": 2, "trainer_node": 1})
+    reader = GlobalState._calculate_max_resource_from_cluster_config
+    assert reader(record, "CPU") == 2 * 1 + 2 * 2 and reader(record, "teacher_node") == 1
