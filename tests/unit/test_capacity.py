@@ -3,7 +3,6 @@ refused at once, naming the sweep-file key (no Ray here: capacities are given)."
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,6 @@ from mixray.config import load_sweep
 from mixray.plan import check_resources
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "clusters"))
-import local  # noqa: E402  clusters/local.py, the rehearsal cluster's CLI
 
 
 def test_launcher_maximum_sums_node_types_times_their_most_workers() -> None:
@@ -64,16 +61,3 @@ def test_a_builtin_resource_is_not_a_node_type() -> None:
     with pytest.raises(SweepFileError, match="node_types.*'GPU'.*custom resource"):
         load_sweep(REPO / "sweeps" / "smoke.yaml", ["resources.node_types.teachers=GPU"])
 
-
-def test_the_local_cluster_reports_its_node_types_as_rays_cluster_config() -> None:
-    """What `make cluster-up` reports to the GCS, read back by Ray's own reader."""
-    from ray._private.state import GlobalState
-    from ray.core.generated import autoscaler_pb2
-
-    cfg = yaml.safe_load((REPO / "clusters" / "local.yaml").read_text())
-    record = autoscaler_pb2.ClusterConfig.FromString(local.node_groups(cfg))
-    groups = {g.name: g for g in record.node_group_configs}
-    assert (groups["trainer"].max_count, dict(groups["trainer"].resources)) == (
-        2, {"CPU": 2, "trainer_node": 1})
-    reader = GlobalState._calculate_max_resource_from_cluster_config
-    assert reader(record, "CPU") == 2 * 1 + 2 * 2 and reader(record, "teacher_node") == 1

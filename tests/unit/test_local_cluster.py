@@ -213,3 +213,17 @@ def test_pids_with_env_finds_exactly_the_marked_processes():
         for p in (marked, other):
             p.send_signal(signal.SIGKILL)
             p.wait()
+
+
+def test_the_local_cluster_reports_its_node_types_as_rays_cluster_config() -> None:
+    """What `make cluster-up` reports to the GCS, read back by Ray's own reader."""
+    from ray._private.state import GlobalState
+    from ray.core.generated import autoscaler_pb2
+
+    cfg = yaml.safe_load((CLUSTERS / "local.yaml").read_text())
+    record = autoscaler_pb2.ClusterConfig.FromString(local.node_groups(cfg))
+    groups = {g.name: g for g in record.node_group_configs}
+    assert (groups["trainer"].max_count, dict(groups["trainer"].resources)) == (
+        2, {"CPU": 2, "trainer_node": 1})
+    reader = GlobalState._calculate_max_resource_from_cluster_config
+    assert reader(record, "CPU") == 2 * 1 + 2 * 2 and reader(record, "teacher_node") == 1
