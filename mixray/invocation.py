@@ -56,3 +56,16 @@ class Invocation:
         state = {"resume_key": self.resume_key, "parent_run_id": self.parent_run_id,
                  "status": status}
         (self.dir / "state.json").write_text(json.dumps(state, indent=2))
+
+
+def git_commit() -> str:
+    """The commit of the checkout the sweep runs from ('unknown' outside git, e.g. a Ray job's
+    uploaded working dir, which carries no .git)."""
+    head = Path(__file__).resolve().parent.parent / ".git"
+    try:
+        ref = (head / "HEAD").read_text().strip()
+        if ref.startswith("ref: "):
+            ref = (head / ref[5:]).read_text().strip()
+        return ref
+    except OSError:
+        return "unknown"

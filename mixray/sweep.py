@@ -310,8 +310,9 @@ def format_summary(cfg: SweepConfig, summary: dict[str, Any]) -> str:
         blocks.append("\n".join(lines))
     stages = ", ".join(f"{k} {v:.0f}s" for k, v in summary["timings_s"].items())
     store = cfg.tracking_uri
-    ui = (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri {store} "
-          f"--workers 1 --host 127.0.0.1 --port 5000   # then open http://127.0.0.1:5000")
+    ui = (f"{store}   (the tracking server's own UI)" if store.startswith(("http:", "https:"))
+          else f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri "
+          f"{store} --workers 1 --host 127.0.0.1 --port 5000   # then open http://127.0.0.1:5000")
     size = f"run root: {summary['disk']['run_root']} {disk.human_size(summary['disk']['bytes'])}"
     return ("\n" + format_stages(summary["stages"]) + "\n\n" + "\n\n".join(blocks)
             + f"\n\ntime: {stages}\n{size}\n"

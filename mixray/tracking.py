@@ -27,11 +27,13 @@ from mixray import search  # search.Trial: a trial to run (analysis.Trial: one r
 from mixray.analysis import SweepRecord, Trial, trial_accuracy
 from mixray.artifacts import spec_key
 from mixray.config import SweepConfig
+from mixray.invocation import git_commit
 from mixray.store import sqlite_path
 
 log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "mixray.trial"
+ATTEMPTS_TAG = "mixray.attempts"  # how many times a trial started (node losses, --resume)
 PARAMS_TAG = "mixray.params"  # the trial's search values as JSON (Optuna is told them on resume)
 SUMMARY_METRICS = ("mix_rows", "mix_pools_ran_dry", "train_loss", "eval_accuracy",
                    "eval_accuracy_stderr", "eval_tokens_mean")
@@ -158,22 +160,22 @@ def reopen_parent(cfg: SweepConfig, parent_id: str) -> dict[str, Finished]:
     return finished
 
 
-def git_commit() -> str:
-    """The commit of the checkout the sweep runs from ('unknown' outside git, e.g. a Ray job's
-    uploaded working dir, which carries no .git)."""
-    head = Path(__file__).resolve().parent.parent / ".git"
-    try:
-        ref = (head / "HEAD").read_text().strip()
-        if ref.startswith("ref: "):
-            ref = (head / ref[5:]).read_text().strip()
-        return ref
-    except OSError:
-        return "unknown"
+def _step_metrics(history: list[dict]) -> list[Metric]:
+    return [Metric(k, float(v), 0, int(h["step"])) for h in history for k, v in h.items()
+            if k != "step"]
 
 
 def start_child(cfg: SweepConfig, parent_id: str, trial: search.Trial) -> str:
-    """`cfg` is the trial's own config (SweepConfig.for_trial)."""
+    """`cfg` is the trial's own config (SweepConfig.for_trial). A trial run again under the
+    same parent (Tune retrying it after its node was lost, --resume after a failure) continues
+    its own child run: one run per trial, whatever the attempts."""
     c = client(cfg)
+    if (again := find_child(cfg, parent_id, trial.name)) is not None:
+        attempt = int(c.get_run(again).data.tags.get(ATTEMPTS_TAG, "1")) + 1
+        log.info("trial %s: attempt %d continues MLflow run %s", trial.name, attempt, again)
+        c.set_tag(again, ATTEMPTS_TAG, str(attempt))
+        c.update_run(again, status="RUNNING")
+        return again
     tags = {PARENT_TAG: parent_id, "mixray.kind": "trial", TRIAL_TAG: trial.name,
             PARAMS_TAG: json.dumps(trial.params, default=str),
             "mixray.config_hash": spec_key(cfg.model_dump()), "mixray.git_commit": git_commit()}
@@ -212,8 +214,7 @@ def stop_child(cfg: SweepConfig, run_id: str, history: list[dict], reason: str) 
     if c.get_run(run_id).info.status == "FINISHED":
         log.warning("trial run %s already finished; not marking it stopped early", run_id)
         return
-    steps = [Metric(k, float(v), 0, int(h["step"])) for h in history for k, v in h.items()
-             if k != "step"]
+    steps = _step_metrics(history)
     if steps:
         c.log_batch(run_id, metrics=steps)
     c.set_tag(run_id, "mixray.stopped_early", reason)
@@ -231,8 +232,7 @@ def finish_child(cfg: SweepConfig, run_id: str, history: list[dict], metrics: di
                  data_card: dict, eval_dir: Path) -> None:
     c = client(cfg)
     log_eval_outputs(c, run_id, eval_dir)
-    steps = [Metric(k, float(v), 0, int(h["step"])) for h in history for k, v in h.items()
-             if k != "step"]
+    steps = _step_metrics(history)
     # Final metrics sit at the last step, so curves end where training ended (not at step 0).
     last = int(history[-1]["step"])
     final = [Metric(k, float(v), 0, last) for k, v in metrics.items() if k not in history[-1]]

@@ -212,7 +212,12 @@ def _fit(ctx: SweepContext, trainable, param_space: dict, num_samples: int, conc
         tune_config=tune.TuneConfig(num_samples=num_samples, max_concurrent_trials=concurrency,
                                     search_alg=search_alg, scheduler=_scheduler(ctx.cfg)),
         run_config=tune.RunConfig(name=name, storage_path=str(ctx.cfg.run_root_path / "tune"),
-                                  failure_config=tune.FailureConfig(max_failures=0)),
+                                  # A trial whose process is lost with its node (or that
+                                  # fails) runs again, up to train.max_failures times: its
+                                  # Train run (same name) resumes from its last checkpoint,
+                                  # its MLflow child run continues (tracking.start_child).
+                                  failure_config=tune.FailureConfig(
+                                      max_failures=ctx.cfg.train.max_failures)),
     )
     return tuner.fit()
 

@@ -1,0 +1,326 @@
+"""The paper's Table 3 recipe, `sweeps/paper-mix.yaml`, through `ray job submit` on the rehearsal
+cluster (`make cluster-up`: clusters/local.yaml on Ray's fake multi-node autoscaler, each worker
+node in its own mount namespace, so nodes share nothing but the run root).
+
+Only what clusters/README.md ("Rehearse on a laptop") lists is overridden: model specs, sizes,
+GPU counts, engine kinds, and what a machine with no model hub and random models needs (`REHEARSAL`
+below). Asserted: the job SUCCEEDED; the autoscaler started `teacher` and `trainer` nodes from 0
+and removed them when idle; generation actors ran on teacher nodes and Train workers on trainer
+nodes; the head's MLflow server holds the parent and one child per trial; every model a worker
+was handed lies in the run root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RAY = str(Path(sys.executable).parent / "ray")
+TEACHERS = ("long", "short", "large", "small")
+JOB_TIMEOUT_S = 1500.0
+IDLE_TIMEOUT_S = 300.0   # IDLE=1: a node goes about 60-90 s after its last work
+
+pytestmark = pytest.mark.integration
+
+
+def rehearsal(run_root: Path, tracking_uri: str, data: Path) -> list[str]:
+    """The --set overrides of the rehearsal (clusters/README.md lists and explains them)."""
+    sets = [
+        "students=[tiny-random]", f"run_root={run_root}", f"tracking.tracking_uri={tracking_uri}",
+        # no hub here: MATH's columns (problem, solution with a \boxed answer) in local files
+        f"problems.source.path={data / 'train.jsonl'}", "problems.source.eval_split=null",
+        f"problems.source.eval_path={data / 'test.jsonl'}", "problems.eval_size=8",
+        "evaluate.benchmarks=[heldout]",
+        "curate.keep=all",   # random teachers are never right: keep every response
+        "train.num_workers=2", "resources.gpus_per_train_worker=0",
+        "resources.cpus_per_train_worker=0.99", "resources.cpus_per_engine=1",
+        "train.global_batch_size=4", "train.max_length=256", "train.dtype=fp32",
+        "evaluate.sampling.max_new_tokens=16",
+    ]
+    for t in TEACHERS:
+        sets += [f"teachers.{t}.model=tiny-random", f"teachers.{t}.engine={{kind: hf}}",
+                 f"teachers.{t}.replicas=1", f"teachers.{t}.sampling.max_new_tokens=24"]
+    return sets
+
+
+def write_problems(data: Path, n_train: int = 24, n_test: int = 8) -> None:
+    """Arithmetic problems in the MATH layout the recipe maps (problem, solution)."""
+    data.mkdir(parents=True, exist_ok=True)
+    for name, start, n in (("train", 0, n_train), ("test", 1000, n_test)):
+        with (data / f"{name}.jsonl").open("w") as f:
+            for i in range(start, start + n):
+                a, b = i % 17 + 2, i // 17 + 3
+                f.write(json.dumps({"problem": f"What is {a} + {b}?",
+                                    "solution": f"{a} + {b} = \\boxed{{{a + b}}}"}) + "\n")
+
+
+@pytest.fixture(scope="module")
+def local_cluster(request):
+    """`make cluster-up IDLE=1` from 0 workers; `make cluster-down` afterwards (also on failure).
+    The run root is outside /tmp and ~/.cache, which every worker node has of its own."""
+    tag = uuid.uuid4().hex[:6]
+    cluster_dir = Path(f"/tmp/mxc-{tag}")
+    run_root = Path(f"/var/tmp/mixray-cluster-{tag}")
+    make = ["make", "--no-print-directory", "-C", str(REPO), f"CLUSTER_DIR={cluster_dir}",
+            f"CLUSTER_RUNS={run_root}"]
+    failed_before = request.session.testsfailed
+    up = subprocess.run([*make, "cluster-up", "IDLE=1"], capture_output=True, text=True, check=False)
+    try:
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        state = dict(line.split("=", 1) for line in
+                     (cluster_dir / "cluster.env").read_text().splitlines() if "=" in line)
+        yield cluster_dir, run_root, state
+    finally:
+        down = subprocess.run([*make, "cluster-down"], capture_output=True, text=True, check=False)
+        assert down.returncode == 0, down.stdout[-2000:] + down.stderr[-2000:]
+        shutil.rmtree(run_root, ignore_errors=True)
+        if up.returncode == 0 and request.session.testsfailed == failed_before:
+            shutil.rmtree(cluster_dir, ignore_errors=True)   # logs: kept when something failed
+        else:
+            print(f"local cluster logs kept in {cluster_dir}")
+
+
+def _env(state: dict[str, str]) -> dict[str, str]:
+    env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_ADDRESS": state["RAY_ADDRESS"]}
+    return env
+
+
+def submit(state: dict[str, str], args: list[str]) -> str:
+    cmd = [RAY, "job", "submit", "--no-wait", "--working-dir", str(REPO), "--", "python", "-m",
+           "mixray.sweep", "sweeps/paper-mix.yaml", *(f"--set={a}" for a in args)]
+    out = subprocess.run(cmd, env=_env(state), capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return re.search(r"raysubmit_\w+", out.stdout + out.stderr).group(0)
+
+
+def ray_cli(state: dict[str, str], *args: str) -> str:
+    """The `ray` CLI against the cluster, as a user runs it (this process imported Ray before
+    the cluster's token auth was in its environment, which Ray reads at import)."""
+    out = subprocess.run([RAY, *args], env=_env(state), capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return out.stdout
+
+
+def wait_job(state: dict[str, str], job_id: str, timeout: float = JOB_TIMEOUT_S) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = re.search(rf"Job '{job_id}' (succeeded|failed|was stopped)",
+                          ray_cli(state, "job", "status", job_id))
+        if found:
+            return found.group(1)
+        assert time.monotonic() < deadline, f"job {job_id} not done after {timeout:.0f} s"
+        time.sleep(5)
+
+
+def node_types(state: dict[str, str]) -> dict[str, str]:
+    """Ray node id -> node type (by its custom resource), dead nodes included."""
+    kinds = {}
+    for node in json.loads(ray_cli(state, "list", "nodes", "--detail", "--format=json",
+                                   "--limit=1000")):
+        res = node.get("resources_total") or {}
+        kinds[node["node_id"]] = ("teacher" if "teacher_node" in res else
+                                  "trainer" if "trainer_node" in res else "head")
+    return kinds
+
+
+def alive_workers(state: dict[str, str]) -> list[str]:
+    return [n["node_id"] for n in json.loads(ray_cli(state, "list", "nodes", "--format=json",
+                                                     "--limit=1000"))
+            if n["state"] == "ALIVE" and not n["is_head_node"]]
+
+
+def actor_nodes(state: dict[str, str]) -> dict[str, set[str]]:
+    """Actor class name -> the node ids its actors ran on (finished ones included)."""
+    out: dict[str, set[str]] = {}
+    for a in json.loads(ray_cli(state, "list", "actors", "--detail", "--format=json",
+                                "--limit=10000")):
+        out.setdefault(a["class_name"], set()).add(a["node_id"])
+    return out
+
+
+def timeline(cluster_dir: Path) -> list[tuple[str, str, str]]:
+    """(time, launched|removed, node type) from the autoscaler's log."""
+    log = (cluster_dir / "head" / "session_latest" / "logs" / "monitor.log").read_text()
+    events = []
+    for line in log.splitlines():
+        if m := re.search(r"^(\S+ \S+).*Adding (\d+) node\(s\) of type (\w+)", line):
+            events += [(m.group(1), "launched", m.group(3))] * int(m.group(2))
+        elif m := re.search(r"^(\S+ \S+).*Removing (\d+) nodes of type (\w+) \(idle\)", line):
+            events += [(m.group(1), "removed", m.group(3))] * int(m.group(2))
+    return events
+
+
+def test_paper_mix_runs_end_to_end_on_the_autoscaling_cluster(local_cluster) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from mixray.config import load_sweep
+
+    cluster_dir, run_root, state = local_cluster
+    data = run_root / "data"
+    write_problems(data)
+    args = rehearsal(run_root, state["MLFLOW_TRACKING_URI"], data) + ["name=paper-mix-rehearsal"]
+    assert node_types(state) and set(node_types(state).values()) == {"head"}  # from 0 workers
+    started = time.monotonic()
+    job_id = submit(state, args)
+    status = wait_job(state, job_id)
+    wall = time.monotonic() - started
+    logs = ray_cli(state, "job", "logs", job_id)
+    assert status == "succeeded", logs[-4000:]
+    print(f"job {job_id}: {wall:.0f} s")
+
+    # Where the work ran: generation actors on teacher nodes, Train workers on trainer nodes.
+    kinds, actors = node_types(state), actor_nodes(state)
+    engines = {n for name, nodes in actors.items() if "_EngineActor" in name for n in nodes}
+    workers = {n for name, nodes in actors.items() if "RayTrainWorker" in name for n in nodes}
+    assert engines and workers, sorted(actors)
+    teacher_nodes = {n for n in engines if kinds[n] == "teacher"}
+    assert teacher_nodes, {n: kinds[n] for n in engines}
+    assert {kinds[n] for n in workers} == {"trainer"}
+    # evaluation engines run on trainer nodes (resources.node_types.evaluation)
+    assert {kinds[n] for n in engines} == {"teacher", "trainer"}
+
+    # MLflow on the head: the parent and one FINISHED child per trial, logged from the workers.
+    cfg = load_sweep(REPO / "sweeps" / "paper-mix.yaml", args)
+    client = MlflowClient(tracking_uri=state["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name(cfg.experiment)
+    parents = client.search_runs([exp.experiment_id], "tags.`mixray.kind` = 'sweep'")
+    trials = client.search_runs([exp.experiment_id], "tags.`mixray.kind` = 'trial'")
+    assert len(parents) == 1 and len(trials) == cfg.n_trials() == 6
+    assert {r.info.status for r in trials} == {"FINISHED"}
+    assert all("eval_accuracy" in r.data.metrics for r in trials)
+    assert {r.data.tags.get("mlflow.parentRunId") for r in trials} == {parents[0].info.run_id}
+
+    # Every model folder a worker was handed lies in the run root (nodes share nothing else).
+    handed = [json.loads(p.read_text())["model_path"]
+              for p in (run_root / "train").rglob("loop_args.json")]
+    assert handed and all(Path(m).is_relative_to(run_root) for m in handed), handed
+
+    # The autoscaler removes the idle nodes again.
+    deadline = time.monotonic() + IDLE_TIMEOUT_S
+    while alive_workers(state):
+        assert time.monotonic() < deadline, timeline(cluster_dir)
+        time.sleep(10)
+    events = timeline(cluster_dir)
+    print("node timeline:", *events, sep="\n  ")
+    launched = {t for _, what, t in events if what == "launched"}
+    removed = {t for _, what, t in events if what == "removed"}
+    assert launched == removed == {"teacher", "trainer"}, events
+
+
+
+def kill_node(node_id: str) -> int:
+    """SIGKILL every process of a worker node, as a crashed VM: its `ray start`, raylet and
+    workers all carry the node id the fake provider gave it. Returns how many were killed."""
+    sys.path.insert(0, str(REPO / "clusters"))
+    from local_provider import pids_with_env
+
+    pids = pids_with_env("RAY_OVERRIDE_NODE_ID_FOR_TESTING", node_id)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(pids)
+
+
+def alive_node_of(state: dict[str, str], kind: str, actor: str | None = None) -> str | None:
+    """The id of an alive node of `kind` (running an alive `actor`, when given)."""
+    kinds = node_types(state)
+    if actor is None:
+        return next((n for n in alive_workers(state) if kinds[n] == kind), None)
+    for a in json.loads(ray_cli(state, "list", "actors", "--format=json", "--limit=10000",
+                                "--filter", "state=ALIVE")):
+        if actor in a["class_name"] and kinds.get(a["node_id"]) == kind:
+            return a["node_id"]
+    return None
+
+
+def wait_for(what: str, found, timeout: float = 600.0, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while not (value := found()):
+        assert time.monotonic() < deadline, f"no {what} after {timeout:.0f} s"
+        time.sleep(every)
+    return value
+
+
+def checkpoints(run_root: Path, sweep: str) -> list[Path]:
+    """The Train checkpoints of the sweep's invocations (<run root>/train/<invocation>-<trial>)."""
+    return [c for inv in (run_root / "sweeps" / sweep).glob("*")
+            for c in (run_root / "train").glob(f"{inv.name}-*/checkpoint_*")]
+
+
+def test_lost_teacher_and_trainer_nodes_are_replaced_and_lose_no_work(local_cluster) -> None:
+    """Kill the teacher node mid-generation and the trainer node mid-training (SIGKILL, as a
+    crashed VM): the autoscaler replaces both, generation finishes with every row once, and the
+    trial resumes from its last checkpoint to the full step count."""
+    from mlflow.tracking import MlflowClient
+
+    from mixray.config import load_sweep
+
+    cluster_dir, run_root, state = local_cluster
+    data = run_root / "faults-data"
+    write_problems(data, n_train=64)
+    steps = 2 * 64 // 4   # 2 epochs of 64 rows (one pool) in global batches of 4
+    args = rehearsal(run_root, state["MLFLOW_TRACKING_URI"], data) + [
+        "name=paper-mix-faults",
+        "search.space.mix.grid=[{pools: {long: 1, short: 0}, per_problem: true}]",  # one trial
+        "train.checkpoint_every=4", *(f"teachers.{t}.batch_size=4" for t in TEACHERS)]
+    launched_before = {t: sum(1 for _, w, k in timeline(cluster_dir) if w == "launched" and k == t)
+                       for t in ("teacher", "trainer")}
+    job_id = submit(state, args)
+
+    # Mid-generation: the first teacher has committed a part of its 16, not all.
+    parts = run_root / "artifacts" / "generate"
+    wait_for("generated part", lambda: list(parts.glob(".partial-*/data/part-*.parquet")))
+    teacher = wait_for("teacher node", lambda: alive_node_of(state, "teacher"))
+    assert kill_node(teacher) > 0
+    # Mid-training: a checkpoint is on the run root and more steps are to come.
+    wait_for("checkpoint", lambda: checkpoints(run_root, "paper-mix-faults"), timeout=900)
+    trainer = wait_for("trainer node running Train workers",
+                       lambda: alive_node_of(state, "trainer", "RayTrainWorker"))
+    assert kill_node(trainer) > 0
+
+    status = wait_job(state, job_id)
+    logs = ray_cli(state, "job", "logs", job_id)
+    assert status == "succeeded", logs[-4000:]
+
+    # Generation: every row once, none failed, in every teacher's output.
+    cfg = load_sweep(REPO / "sweeps" / "paper-mix.yaml", args)
+    import pyarrow.parquet as pq
+
+    ours = [p.parent for p in parts.glob("*/stats.json")
+            if json.loads(p.read_text())["problems"] == 64]   # test 1's teachers had 24
+    assert len(ours) == len(TEACHERS), ours
+    for gen in ours:
+        rows = pq.read_table(gen / "data").to_pylist()
+        keys = [(r["problem_id"], r["sample_idx"]) for r in rows]
+        assert len(keys) == len(set(keys)) == 64 and not any(r["error"] for r in rows), gen
+    # Training: the full step count, each step once, and the tail resumed from a checkpoint.
+    client = MlflowClient(tracking_uri=state["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name(cfg.experiment)
+    (trial,) = client.search_runs([exp.experiment_id], "tags.`mixray.kind` = 'trial'")
+    assert trial.info.status == "FINISHED" and trial.data.metrics["train_steps"] == steps
+    hist = client.get_metric_history(trial.info.run_id, "train_loss")
+    assert sorted(m.step for m in hist) == list(range(1, steps + 1))
+    resumed = client.get_metric_history(trial.info.run_id, "resumed_at")
+    assert max(m.value for m in resumed) > 0 and max(m.value for m in resumed) % 4 == 0, resumed
+
+    # The autoscaler replaced both nodes.
+    after = {t: sum(1 for _, w, k in timeline(cluster_dir) if w == "launched" and k == t)
+             for t in ("teacher", "trainer")}
+    print("launches during the fault test:",
+          {t: after[t] - launched_before[t] for t in after}, "trial attempts:",
+          trial.data.tags.get("mixray.attempts", "1"))
+    assert after["teacher"] - launched_before["teacher"] >= 2
+    assert after["trainer"] - launched_before["trainer"] >= 2
