@@ -11,6 +11,7 @@ start from 0 nodes. That is asked of Ray (`autoscaler_maximum`), not of a file o
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 # A node type's custom resource marks where work may go; each actor or worker asks for this much
@@ -18,43 +19,62 @@ from pathlib import Path
 NODE_TYPE_SHARE = 0.001
 
 
-def capacity(now: dict[str, float] | None = None) -> dict[str, float]:
+def capacity(now: dict[str, float] | None = None,
+             node_type: str | None = None) -> dict[str, float]:
     """The most the Ray cluster can offer, per resource: what it has now (`now`, else asked of
-    Ray) or what its autoscaler may start (`autoscaler_maximum`), whichever is larger."""
+    Ray) or what its autoscaler may start (`autoscaler_maximum`), whichever is larger. With
+    `node_type` (the custom resource marking one, resources.node_types), only what nodes of
+    that type have or may be added (`now` is then ignored)."""
     import ray
 
-    now = dict(ray.cluster_resources()) if now is None else now
-    most = autoscaler_maximum()
+    if node_type is not None:
+        now = {}
+        for node in ray.nodes():
+            if node.get("Alive") and node_type in node.get("Resources", {}):
+                for key, amount in node["Resources"].items():
+                    now[key] = now.get(key, 0.0) + float(amount)
+    elif now is None:
+        now = dict(ray.cluster_resources())
+    most = autoscaler_maximum(node_type)
     return {k: max(now.get(k, 0.0), most.get(k, 0.0)) for k in now.keys() | most.keys()}
 
 
-def autoscaler_maximum() -> dict[str, float]:
+def autoscaler_maximum(node_type: str | None = None) -> dict[str, float]:
     """Each resource summed over the node types the autoscaler may start (resources x most
-    nodes; unbounded types count as sys.maxsize). Asked of Ray's GCS first: the cluster config
-    an autoscaler reports there (Ray's autoscaler v2, KubeRay, and `make cluster-up` for
-    clusters/local.yaml) — the same record Ray Data sizes its own autoscaling by. A `ray up`
-    cluster's v1 autoscaler reports none: then the launcher's config on the head,
-    ~/ray_bootstrap_config.yaml. Neither: {} (a fixed cluster; what it has now is all)."""
+    nodes; unbounded types count as sys.maxsize), only those carrying `node_type` if given.
+    Asked of Ray's GCS first: the cluster config an autoscaler reports there (Ray's autoscaler
+    v2, KubeRay, and `make cluster-up` for clusters/local.yaml) — the record Ray Data sizes its
+    own autoscaling by. A `ray up` cluster's v1 autoscaler reports none: then the launcher's
+    config on the head, ~/ray_bootstrap_config.yaml. Neither: {} (a fixed cluster)."""
     from ray._private import state  # Ray's own reader of the reported config (Ray Data's too)
 
-    reported = state.state.get_max_resources_from_cluster_config()
-    if reported:
-        return {k: float(v) for k, v in reported.items()}
-    return launcher_maximum(Path.home() / "ray_bootstrap_config.yaml")
+    reported = state.state.get_cluster_config()
+    if reported is not None and reported.node_group_configs:
+        groups = [(dict(g.resources), g.max_count) for g in reported.node_group_configs]
+        return _summed([(r, sys.maxsize if n == -1 else n) for r, n in groups], node_type)
+    return launcher_maximum(Path.home() / "ray_bootstrap_config.yaml", node_type)
 
 
-def launcher_maximum(path: Path) -> dict[str, float]:
+def launcher_maximum(path: Path, node_type: str | None = None) -> dict[str, float]:
     """`autoscaler_maximum` from a cluster launcher YAML (`ray up`'s bootstrap config)."""
     import yaml
 
     if not path.is_file():
         return {}
     launcher = yaml.safe_load(path.read_text()) or {}
+    groups = [(node.get("resources") or {},
+               1 if name == launcher.get("head_node_type") else node.get("max_workers", 0))
+              for name, node in (launcher.get("available_node_types") or {}).items()]
+    return _summed(groups, node_type)
+
+
+def _summed(groups: list[tuple[dict[str, float], int]],
+            node_type: str | None) -> dict[str, float]:
     most: dict[str, float] = {}
-    for name, node in (launcher.get("available_node_types") or {}).items():
-        count = 1 if name == launcher.get("head_node_type") else node.get("max_workers", 0)
-        for key, amount in (node.get("resources") or {}).items():
-            most[key] = most.get(key, 0.0) + float(amount) * count
+    for resources, count in groups:
+        if node_type is None or node_type in resources:
+            for key, amount in resources.items():
+                most[key] = most.get(key, 0.0) + float(amount) * count
     return most
 
 

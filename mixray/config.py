@@ -70,6 +70,10 @@ class ResourcesConfig(Strict):
         "(gloo). Also sets how many trials run at once.")
 
     node_types: NodeTypes = NodeTypes()
+    teachers_at_once: Literal["fit", "one"] = Field(
+        "fit", description="fit: the teachers whose replicas the cluster (their node type, "
+        "with what its autoscaler may add) holds together generate at once, the rest after; "
+        "one: one teacher after another.")
 
     def placement(self, role: Literal["teachers", "evaluation"]) -> Placement:
         """Where the sweep's generation actors of `role` (teachers; evaluations and judges) run."""

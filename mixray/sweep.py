@@ -4,8 +4,8 @@ Validates the sweep file (exit 2 with a readable message on any mistake, before 
 models -> problems -> per-teacher generation and curation (cached, shared by all trials) ->
 MLflow parent run -> Ray Tune trials (mix -> train -> evaluate) -> a summary table.
 Ray is started or joined through `mixray.runtime`, as everywhere. What runs before the trials is
-an `Upstream` record; the summary (summary.json, the printed table) is a JSON document, built
-from the trial records (`mixray.tune.Outcome`, `mixray.tracking.Finished`) in `_trial_rows`.
+`mixray.upstream`'s (an `Upstream` record; teachers at once where they fit); the summary
+(summary.json, the printed table) is a JSON document, built from the trial records (`mixray.tune.Outcome`, `mixray.tracking.Finished`) in `_trial_rows`.
 The plan and the resource check are `mixray.plan`'s; an invocation's state, `mixray.invocation`'s.
 """
 
@@ -16,73 +16,22 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mixray import cluster, disk, logs, models, runtime
+from mixray import cluster, disk, logs, runtime
 from mixray.config import SweepConfig, SweepFileError, load_sweep
 from mixray.invocation import Invocation
 from mixray.plan import check_resources, plan
+from mixray.upstream import Upstream, format_stages, run_upstream
 
 if TYPE_CHECKING:  # imported where used: Ray, MLflow and the stages load slowly
     from mixray.analysis import GapRow
-    from mixray.artifacts import StageDir
     from mixray.tracking import Finished
     from mixray.tune import Outcome
 
 log = logging.getLogger("mixray")
 DEFAULT_SWEEP = Path(__file__).resolve().parent.parent / "sweeps" / "laptop.yaml"
-
-
-@dataclass
-class Upstream:
-    """What every trial shares, made before them (run_upstream)."""
-
-    paths: dict[str, Path]  # model spec (students, local teachers) -> local HF dir
-    problems: StageDir  # train.parquet and eval.parquet
-    stages: dict[str, dict[str, Any]]  # stage -> where, whether cached, stats (summary.json)
-    pools: dict[str, Path] = field(default_factory=dict)  # teacher label -> pool.parquet
-    curate: dict[str, dict[str, float]] = field(default_factory=dict)  # label -> curate stats
-
-
-def run_upstream(cfg: SweepConfig, timings: dict[str, float]) -> Upstream:
-    """Models, problems, and per-teacher generation and curation — each cached by its key."""
-    from mixray.curate.stage import curate
-    from mixray.evaluate.stage import fetch_benchmarks
-    from mixray.generate.stage import generate_teacher
-    from mixray.problems.stage import build_problems, problems_summary
-
-    t0 = time.perf_counter()
-    specs = {*cfg.students, *(t.local_model for t in cfg.teachers.values() if t.local_model)}
-    if cfg.evaluate.judge is not None and cfg.evaluate.judge.model is not None:
-        specs.add(cfg.evaluate.judge.model)  # trials find it placed (evaluate.stage)
-    # In the run root, never the driver's cache: the actors and Train workers that load them run
-    # on other nodes, which share nothing else with this one.
-    into = models.in_run_root(cfg.run_root_path)
-    paths = {spec: models.resolve(spec, into=into) for spec in sorted(specs)}
-    timings["models"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    problems, cached = build_problems(cfg.problems, cfg.run_root_path)
-    fetch_benchmarks(cfg.evaluate, cfg.run_root_path)  # hub benchmarks, once, for every trial
-    timings["problems"] = time.perf_counter() - t0
-    up = Upstream(paths=paths, problems=problems,
-                  stages={"problems": {"path": str(problems.path), "cached": cached,
-                                       "summary": problems_summary(problems)}})
-    for label, teacher in cfg.teachers.items():
-        t0 = time.perf_counter()
-        model = paths[teacher.local_model] if teacher.local_model else None  # http: served
-        gen, gen_stats = generate_teacher(label, teacher, model, problems,
-                                          cfg.run_root_path,
-                                          cfg.resources.placement("teachers"))
-        cur, stats, cur_cached = curate(gen, cfg.curate, cfg.run_root_path)
-        timings[f"generate+curate.{label}"] = time.perf_counter() - t0
-        up.pools[label], up.curate[label] = cur.path / "pool.parquet", stats
-        up.stages[f"generate.{label}"] = {"path": str(gen.path), "cached": gen_stats is None,
-                                          "stats": gen_stats}
-        up.stages[f"curate.{label}"] = {"path": str(cur.path), "cached": cur_cached,
-                                        "stats": stats}
-    return up
 
 
 def prepare(cfg: SweepConfig, timings: dict[str, float]) -> tuple[SweepConfig, Upstream]:
@@ -92,23 +41,6 @@ def prepare(cfg: SweepConfig, timings: dict[str, float]) -> tuple[SweepConfig, U
     cfg = cfg.model_copy(update={"run_root": str(cfg.run_root_path)})
     check_resources(cfg, cluster.capacity())
     return cfg, run_upstream(cfg, timings)
-
-
-def format_stages(stages: dict[str, Any]) -> str:
-    """One line per teacher: rows generated (or reused), failed rows, and what curation kept."""
-    lines = []
-    for key, gen in stages.items():
-        if not key.startswith("generate."):
-            continue
-        label = key.removeprefix("generate.")
-        cur = stages[f"curate.{label}"]["stats"]
-        made = ("reused" if gen["cached"] else
-                f"{gen['stats']['rows']} generated, {gen['stats']['resumed_rows']} resumed")
-        lines.append(f"teacher {label}: {cur['rows']} rows ({made}), "
-                     f"{round(cur['error_rate'] * cur['rows'])} failed "
-                     f"({100 * cur['error_rate']:.1f}%), {cur['accepted']} correct "
-                     f"({100 * cur['acceptance_rate']:.0f}%), {gen['path']}")
-    return "\n".join(lines)
 
 
 def _trial_rows(cfg: SweepConfig, outcomes: list[Outcome],
@@ -354,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         # RAY_ADDRESS (set by `ray job submit`) makes this join that cluster; else a local one.
         with runtime.connected():
             if args.upstream_only:
-                print(format_stages(prepare(cfg, {})[1].stages))
+                timings: dict[str, float] = {}
+                print(format_stages(prepare(cfg, timings)[1].stages))
+                print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
                 return 0
             summary = run_sweep(cfg, resume=args.resume)
     except ValueError as e:  # a mistake found once Ray is up: resources, --resume, empty pools

@@ -211,7 +211,9 @@ def test_a_failing_teacher_fails_the_stage_and_a_rerun_retries_only_its_failures
                f"engine: {_http_engine(base_url)}}}")
     sweep = ["mixray.sweep", str(REPO / "sweeps" / "smoke.yaml"), "--upstream-only",
              "--set", f"run_root={tmp_path / 'runs'}",
-             "--set", f"teachers={{long: {teacher % 'long'}, short: {teacher % 'short'}}}"]
+             "--set", f"teachers={{long: {teacher % 'long'}, short: {teacher % 'short'}}}",
+             # one after another: which requests fail depends on the order they arrive in
+             "--set", "resources.teachers_at_once=one"]
     _fail_every(base_url, 3)
     failing = _cli(ray_cluster, tmp_path, *sweep)
     assert failing.returncode == 1, failing.stdout[-2000:] + failing.stderr[-4000:]

@@ -61,3 +61,15 @@ def test_a_builtin_resource_is_not_a_node_type() -> None:
     with pytest.raises(SweepFileError, match="node_types.*'GPU'.*custom resource"):
         load_sweep(REPO / "sweeps" / "smoke.yaml", ["resources.node_types.teachers=GPU"])
 
+
+
+def test_a_node_types_capacity_counts_only_its_own_nodes() -> None:
+    aws = REPO / "clusters" / "aws.yaml"
+    launcher = yaml.safe_load(aws.read_text())
+    teacher_gpus = sum(t["resources"].get("GPU", 0) * t.get("max_workers", 0)
+                       for t in launcher["available_node_types"].values()
+                       if "teacher_node" in t.get("resources", {}))
+    assert 0 < cluster.launcher_maximum(aws, "teacher_node")["GPU"] == teacher_gpus
+    assert cluster.launcher_maximum(aws, "teacher_node")["GPU"] < \
+        cluster.launcher_maximum(aws)["GPU"]
+    assert cluster.launcher_maximum(aws, "no_such_node") == {}

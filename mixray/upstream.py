@@ -1,0 +1,149 @@
+"""What every trial of a sweep shares, made before any trial: the models placed in the run root,
+the problems, the hub benchmarks, and per teacher its generation and curation (each cached by
+its key, so a rerun reuses what finished).
+
+Teachers generate at once when the cluster can hold their actor pools together
+(`teacher_waves`): on a cluster with a node for each teacher, one after another would leave all
+but one teacher node idle. Each teacher's output is its own keyed stage: one that fails (too
+many failed rows) does not stop the others, and a rerun regenerates only what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mixray import cluster, models
+from mixray.config import SweepConfig
+
+if TYPE_CHECKING:  # imported where used: Ray and the stages load slowly
+    from mixray.artifacts import StageDir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Upstream:
+    """What every trial shares, made before them (run_upstream)."""
+
+    paths: dict[str, Path]  # model spec (students, local teachers, judge) -> folder in run root
+    problems: StageDir  # train.parquet and eval.parquet
+    stages: dict[str, dict[str, Any]]  # stage -> where, whether cached, stats (summary.json)
+    pools: dict[str, Path] = field(default_factory=dict)  # teacher label -> pool.parquet
+    curate: dict[str, dict[str, float]] = field(default_factory=dict)  # label -> curate stats
+
+
+def teacher_waves(cfg: SweepConfig, capacity: dict[str, float]) -> list[list[str]]:
+    """The teachers in groups that generate at once, in the sweep file's order: with
+    ``resources.teachers_at_once: fit``, as many as the cluster (``capacity``: what the teachers'
+    node type has or may add) holds together — every replica's CPUs and GPUs — and the rest
+    after; with ``one``, one at a time. A teacher too big to share a wave gets one of its own."""
+    if cfg.resources.teachers_at_once == "one":
+        return [[label] for label in cfg.teachers]
+    waves: list[list[str]] = [[]]
+    cpus = gpus = 0.0
+    for label, teacher in cfg.teachers.items():
+        c, g = teacher.replicas * cfg.resources.cpus_per_engine, teacher.replicas * teacher.gpus
+        # a partial fit could deadlock: two pools each holding some of their replicas, each
+        # waiting for the rest (Ray Data waits for a pool's replicas before it starts)
+        if waves[-1] and (cpus + c > capacity.get("CPU", 0.0) + 1e-9
+                          or gpus + g > capacity.get("GPU", 0.0) + 1e-9):
+            waves.append([])
+            cpus = gpus = 0.0
+        waves[-1].append(label)
+        cpus, gpus = cpus + c, gpus + g
+    return waves
+
+
+def run_upstream(cfg: SweepConfig, timings: dict[str, float]) -> Upstream:
+    """Models, problems, and per-teacher generation and curation — each cached by its key.
+    Raises GenerationFailed (naming every failed teacher) once every teacher of the wave that
+    failed has finished or failed."""
+    from mixray.evaluate.stage import fetch_benchmarks
+    from mixray.problems.stage import build_problems, problems_summary
+
+    t0 = time.perf_counter()
+    specs = {*cfg.students, *(t.local_model for t in cfg.teachers.values() if t.local_model)}
+    if cfg.evaluate.judge is not None and cfg.evaluate.judge.model is not None:
+        specs.add(cfg.evaluate.judge.model)  # trials find it placed (evaluate.stage)
+    # In the run root, never the driver's cache: the actors and Train workers that load them run
+    # on other nodes, which share nothing else with this one.
+    into = models.in_run_root(cfg.run_root_path)
+    paths = {spec: models.resolve(spec, into=into) for spec in sorted(specs)}
+    timings["models"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    problems, cached = build_problems(cfg.problems, cfg.run_root_path)
+    fetch_benchmarks(cfg.evaluate, cfg.run_root_path)  # hub benchmarks, once, for every trial
+    timings["problems"] = time.perf_counter() - t0
+    up = Upstream(paths=paths, problems=problems,
+                  stages={"problems": {"path": str(problems.path), "cached": cached,
+                                       "summary": problems_summary(problems)}})
+    waves = teacher_waves(cfg, cluster.capacity(node_type=cfg.resources.node_types.teachers))
+    t0 = time.perf_counter()
+    for wave in waves:
+        if len(wave) > 1:
+            log.info("teachers %s generate at once", ", ".join(wave))
+        _run_wave(cfg, wave, up, timings)
+    timings["teachers"] = time.perf_counter() - t0  # all of them, waves after one another
+    # in the sweep file's order, whichever teacher finished first (summary.json, the table)
+    up.pools = {label: up.pools[label] for label in cfg.teachers}
+    up.stages = {k: up.stages[k] for k in ["problems", *(f"{stage}.{label}" for label in
+                                                       cfg.teachers
+                                                       for stage in ("generate", "curate"))]}
+    return up
+
+
+def _run_wave(cfg: SweepConfig, wave: list[str], up: Upstream, timings: dict[str, float]) -> None:
+    from mixray.generate.stage import GenerationFailed
+
+    # One thread per teacher: each drives its own Ray Data pipeline (the actors do the work).
+    with ThreadPoolExecutor(max_workers=len(wave), thread_name_prefix="teacher") as pool:
+        futures = {label: pool.submit(_teacher, cfg, label, up) for label in wave}
+        failed: list[str] = []
+        for label, future in futures.items():
+            try:
+                timings[f"generate+curate.{label}"] = future.result()
+            except GenerationFailed as e:
+                failed.append(str(e))
+    if failed:  # the others' outputs are committed: a rerun regenerates only these
+        raise GenerationFailed("\n".join(failed))
+
+
+def _teacher(cfg: SweepConfig, label: str, up: Upstream) -> float:
+    """Generate and curate one teacher into `up`; returns its seconds."""
+    from mixray.curate.stage import curate
+    from mixray.generate.stage import generate_teacher
+
+    t0 = time.perf_counter()
+    teacher = cfg.teachers[label]
+    model = up.paths[teacher.local_model] if teacher.local_model else None  # http: served
+    gen, gen_stats = generate_teacher(label, teacher, model, up.problems, cfg.run_root_path,
+                                      cfg.resources.placement("teachers"))
+    cur, stats, cur_cached = curate(gen, cfg.curate, cfg.run_root_path)
+    # each thread writes only its own label's keys (run_upstream puts them in file order)
+    up.pools[label], up.curate[label] = cur.path / "pool.parquet", stats
+    up.stages[f"generate.{label}"] = {"path": str(gen.path), "cached": gen_stats is None,
+                                      "stats": gen_stats}
+    up.stages[f"curate.{label}"] = {"path": str(cur.path), "cached": cur_cached, "stats": stats}
+    return time.perf_counter() - t0
+
+
+def format_stages(stages: dict[str, Any]) -> str:
+    """One line per teacher: rows generated (or reused), failed rows, and what curation kept."""
+    lines = []
+    for key, gen in stages.items():
+        if not key.startswith("generate."):
+            continue
+        label = key.removeprefix("generate.")
+        cur = stages[f"curate.{label}"]["stats"]
+        made = ("reused" if gen["cached"] else
+                f"{gen['stats']['rows']} generated, {gen['stats']['resumed_rows']} resumed")
+        lines.append(f"teacher {label}: {cur['rows']} rows ({made}), "
+                     f"{round(cur['error_rate'] * cur['rows'])} failed "
+                     f"({100 * cur['error_rate']:.1f}%), {cur['accepted']} correct "
+                     f"({100 * cur['acceptance_rate']:.0f}%), {gen['path']}")
+    return "\n".join(lines)
