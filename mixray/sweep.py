@@ -5,8 +5,9 @@ models -> problems -> per-teacher generation and curation (cached, shared by all
 MLflow parent run -> Ray Tune trials (mix -> train -> evaluate) -> a summary table.
 Ray is started or joined through `mixray.runtime`, as everywhere. What runs before the trials is
 `mixray.upstream`'s (an `Upstream` record; teachers at once where they fit); the summary
-(summary.json, the printed table) is a JSON document, built from the trial records (`mixray.tune.Outcome`, `mixray.tracking.Finished`) in `_trial_rows`.
-The plan and the resource check are `mixray.plan`'s; an invocation's state, `mixray.invocation`'s.
+(summary.json, the printed table) is a JSON document, built from the trial records
+(`mixray.tune.Outcome`, `mixray.tracking.Finished`) in `_trial_rows`. The plan and the
+resource check are `mixray.plan`'s; an invocation's state, `mixray.invocation`'s.
 """
 
 from __future__ import annotations
