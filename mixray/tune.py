@@ -207,7 +207,12 @@ def _scheduler(cfg: SweepConfig) -> ASHAScheduler | None:
 def _fit(ctx: SweepContext, trainable, param_space: dict, num_samples: int, concurrency: int,
          name: str, search_alg: OptunaSearch | None = None) -> tune.ResultGrid:
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"CPU": TRIAL_CPU}),
+        # On the train workers' node type too, when one is named: a trial function left to go
+        # anywhere (a head with no CPUs, KubeRay's habit) lands on a teacher node and keeps an
+        # idle 8-GPU node from being removed for the whole sweep.
+        tune.with_resources(trainable, {"CPU": TRIAL_CPU} | (
+            {node_type: cluster.NODE_TYPE_SHARE}
+            if (node_type := ctx.cfg.resources.node_types.train_workers) else {})),
         param_space=param_space,
         tune_config=tune.TuneConfig(num_samples=num_samples, max_concurrent_trials=concurrency,
                                     search_alg=search_alg, scheduler=_scheduler(ctx.cfg)),
@@ -226,7 +231,8 @@ def run_tune(ctx: SweepContext, todo: list[Trial], done: dict[str, Finished]) ->
     """Run the trials still to do (grid and random search) or Optuna's proposals, told the `done`
     ones; return one outcome per trial that ran now."""
     cfg = ctx.cfg
-    capacity = cluster.capacity()
+    # what the train workers' node type has or may add, when one is named (their only home)
+    capacity = cluster.capacity(node_type=cfg.resources.node_types.train_workers)
     concurrency = max_concurrent_trials(cfg, capacity.get("CPU", 0.0), capacity.get("GPU", 0.0))
     base = f"{cfg.name}-{ctx.invocation}"
     if cfg.search.algorithm != "optuna":
