@@ -155,11 +155,15 @@ def ray_start_argv(ray_bin: str, gcs_address: str, dirs: NodeDirs, resources: di
     return argv
 
 
-def node_env(base: dict[str, str], node_id: str, node_type: str,
-             dirs: NodeDirs) -> dict[str, str]:
+def node_env(base: dict[str, str], node_id: str, node_type: str, dirs: NodeDirs,
+             gcs_address: str) -> dict[str, str]:
     """The environment of a worker node's `ray start`: the head's minus what is the head's own,
-    plus the fake provider's identity variables (the autoscaler matches nodes by this node id)."""
+    plus the fake provider's identity variables (the autoscaler matches nodes by this node id)
+    and this cluster's GCS as RAY_ADDRESS: a process of the node that joins Ray on its own
+    (Ray Train's PlacementGroupCleaner) would otherwise find every cluster on this machine and
+    refuse to choose ("Found multiple active Ray instances"); a cloud VM has one."""
     env = {k: v for k, v in base.items() if k not in HEAD_ONLY_ENV}
+    env["RAY_ADDRESS"] = gcs_address
     here = str(Path(__file__).resolve().parent)
     path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != here]
     env["PYTHONPATH"] = os.pathsep.join(path)
@@ -216,7 +220,8 @@ class NamespacedNodeProvider(FakeMultiNodeProvider):
             argv = namespace_command(mounts, argv, as_root=os.geteuid() == 0)
         with open(dirs.root / "ray-start.log", "ab") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                    env=node_env(dict(os.environ), node_id, node_type, dirs),
+                                    env=node_env(dict(os.environ), node_id, node_type, dirs,
+                                                 self._gcs_address),
                                     start_new_session=True)
         log.info("launched %s node %s (pid %d, node id %s): logs %s", node_type, dirs.name,
                  proc.pid, node_id, dirs.root / "logs")

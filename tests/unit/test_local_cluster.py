@@ -192,8 +192,9 @@ def test_node_env_is_the_nodes_own():
     base = {"PATH": "/usr/bin", "RAY_FAKE_CLUSTER": "1", "RAY_ADDRESS": "127.0.0.1:1",
             "PYTHONPATH": os.pathsep.join([str(CLUSTERS), "/opt/lib"]),
             local_provider.CLUSTER_ENV: "/tmp/mixray-t"}
-    env = local_provider.node_env(base, "f" * 56, "teacher", dirs)
-    assert "RAY_FAKE_CLUSTER" not in env and "RAY_ADDRESS" not in env
+    env = local_provider.node_env(base, "f" * 56, "teacher", dirs, "127.0.0.1:6380")
+    assert "RAY_FAKE_CLUSTER" not in env
+    assert env["RAY_ADDRESS"] == "127.0.0.1:6380", "this cluster's GCS, not the caller's"
     assert env["PYTHONPATH"] == "/opt/lib"
     assert env["RAY_OVERRIDE_NODE_ID_FOR_TESTING"] == env["RAY_CLOUD_INSTANCE_ID"] == "f" * 56
     assert env["RAY_NODE_TYPE_NAME"] == "teacher" and env["RAY_AUTH_MODE"] == "token"
