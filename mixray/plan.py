@@ -29,7 +29,7 @@ def plan(cfg: SweepConfig) -> str:
         s = teacher.sampling
         lines.append(
             f"teacher  : {label!r} = {teacher.model or teacher.engine.model} on "
-            f"{teacher.engine.kind} ({teacher.style} CoT, max {s.max_new_tokens} tokens, "
+            f"{teacher.engine.kind} ({teacher.system_label}, max {s.max_new_tokens} tokens, "
             f"T={s.temperature}, n={s.n}, {teacher.replicas} replica(s) x {teacher.gpus:g} GPU)"
         )
     lines += [

@@ -183,8 +183,8 @@ def start_child(cfg: SweepConfig, parent_id: str, trial: search.Trial) -> str:
     params = {"student": trial.student, "long_share": cfg.mix.long_share,
               "schedule": schedule_label(cfg),
               "search": trial.params,
-              "teachers": {k: {"model": t.model, "style": t.style}
-                           for k, t in cfg.teachers.items()},
+              "teachers": {k: {"model": t.model, "style": t.style,
+                               "system_prompt": t.system_turn} for k, t in cfg.teachers.items()},
               "mix": cfg.mix.model_dump(), "train": cfg.train.model_dump(),
               "evaluate": cfg.evaluate.model_dump()}
     c.log_batch(run.info.run_id, params=[Param(k, v) for k, v in flatten(params).items()])

@@ -46,7 +46,9 @@ class JudgeConfig(NamedModelRun):
         SamplingConfig(max_new_tokens=8),
         description="Greedy (temperature 0); the verdict is the first word of max_new_tokens.")
     prompt: str = Field(JUDGE_PROMPT, description="Template with {problem}, {gold} and {answer}.")
-    system_prompt: str | None = Field(None, description="The judge's system turn, if any.")
+    system_prompt: str | None = Field(
+        None, min_length=1, description="The judge's system turn, verbatim; omitted: none of "
+        "ours, the judge's chat template alone decides (as for teachers).")
 
     @model_validator(mode="before")
     @classmethod

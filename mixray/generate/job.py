@@ -68,7 +68,9 @@ def model_job(run: ModelRun, label: str, model_path: Path | None, prompt: str,
 
 
 def messages(system: str | None, prompt: str, problem: str) -> list[dict[str, str]]:
-    turns = [{"role": "system", "content": system}] if system else []
+    """A model run's chat: its system turn (None: none, so the model's chat template alone
+    decides what precedes the user turn) and the user turn, ``prompt`` with ``problem`` in."""
+    turns = [] if system is None else [{"role": "system", "content": system}]
     return turns + [{"role": "user", "content": prompt.format(problem=problem)}]
 
 

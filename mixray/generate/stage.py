@@ -39,7 +39,7 @@ import ray
 
 from mixray import cluster
 from mixray.artifacts import StageDir
-from mixray.generate.config import ModelRun, TeacherConfig
+from mixray.generate.config import STYLE_SYSTEM, ModelRun, TeacherConfig  # noqa: F401 (re-export)
 from mixray.generate.engine import Completion, Messages, row_seed
 from mixray.generate.job import (
     GenerationJob,
@@ -52,12 +52,6 @@ from mixray.generate.job import (
 
 log = logging.getLogger(__name__)
 
-# What each prompt style asks of the teacher, as its system turn.
-STYLE_SYSTEM = {
-    "long": "You are a careful mathematician. Think step by step: explain and check every step "
-    "in detail before giving the final answer.",
-    "short": "You are a concise solver. Give only the essential step, then the final answer.",
-}
 # Bump one when that engine's output for the same inputs changes.
 ENGINE_VERSIONS = {"hf": "hf-1", "vllm": "vllm-1", "http": "http-1"}
 # How sampled rows are seeded (`row_seed`, and for HF one generator per batch seeded from its
@@ -297,8 +291,9 @@ def run_spec(label: str, run: ModelRun, model: Any, prompt: str, system: str | N
 
 
 def generation_spec(label: str, teacher: TeacherConfig, problems_key: str) -> dict[str, Any]:
-    """A teacher's `run_spec`."""
-    return run_spec(label, teacher, teacher.model, teacher.prompt, STYLE_SYSTEM[teacher.style],
+    """A teacher's `run_spec`: its system turn's text as the engine gets it (None: none), so a
+    style preset and the same text written out share one generation."""
+    return run_spec(label, teacher, teacher.model, teacher.prompt, teacher.system_turn,
                     problems_key)
 
 
@@ -342,7 +337,6 @@ def generate_teacher(
 ) -> tuple[StageDir, dict[str, float] | None]:
     """A teacher's cached generation (`generate_cached`). ``model_path`` is the resolved
     `teacher.local_model` (None for an http teacher)."""
-    job = model_job(teacher, label, model_path, teacher.prompt, STYLE_SYSTEM[teacher.style],
-                    placement)
+    job = model_job(teacher, label, model_path, teacher.prompt, teacher.system_turn, placement)
     return generate_cached(job, generation_spec(label, teacher, problems.key),
                            problems.path / "train.parquet", run_root)

@@ -26,7 +26,10 @@ def test_launcher_maximum_sums_node_types_times_their_most_workers() -> None:
     assert cluster.launcher_maximum(REPO / "no-such-file.yaml") == {}
 
 
-@pytest.mark.parametrize("name", ["paper-mix", "paper-long-short", "paper-large-small"])
+PAPER_RECIPES = ["paper-mix", "paper-long-short", "paper-large-small", "paper-7b-8b", "paper-lora"]
+
+
+@pytest.mark.parametrize("name", PAPER_RECIPES)
 def test_the_paper_recipes_fit_what_aws_yaml_may_start(name: str) -> None:
     """What `ray up clusters/aws.yaml` can add holds every trial and teacher replica, on the
     node types the recipe names."""
@@ -34,6 +37,20 @@ def test_the_paper_recipes_fit_what_aws_yaml_may_start(name: str) -> None:
     assert cfg.resources.node_types.teachers == "teacher_node"
     assert cfg.resources.node_types.train_workers == "trainer_node"
     check_resources(cfg, cluster.launcher_maximum(REPO / "clusters" / "aws.yaml"))
+
+
+@pytest.mark.parametrize("name", PAPER_RECIPES)
+def test_the_paper_recipes_evaluation_and_judge_fit_one_node_of_their_type(name: str) -> None:
+    """A replica is one actor, on one node: the evaluated model's and the 32B judge's
+    tensor-parallel GPUs must fit one node of the type resources.node_types.evaluation names."""
+    cfg = load_sweep(REPO / "sweeps" / f"{name}.yaml")
+    node_type = cfg.resources.node_types.evaluation
+    assert node_type == "trainer_node"
+    launcher = yaml.safe_load((REPO / "clusters" / "aws.yaml").read_text())
+    node_gpus = max(t["resources"].get("GPU", 0) for t in launcher["available_node_types"].values()
+                    if node_type in t.get("resources", {}))
+    assert cfg.evaluate.judge is not None
+    assert 0 < cfg.evaluate.gpus <= node_gpus and 0 < cfg.evaluate.judge.gpus <= node_gpus
 
 
 def test_a_node_type_no_node_carries_is_refused_naming_the_key() -> None:

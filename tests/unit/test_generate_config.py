@@ -79,6 +79,10 @@ def test_readme_teachers_validate(tmp_path: Path) -> None:
                                   "api_key_env": "sk-proj-12ab"}}, "never the key itself"),
     ({"model": "m", "style": "long", "sampling": {"n": 4}}, "identical samples"),
     ({"model": "m", "style": "long", "gpus_per_replica": -1}, "greater than or equal to 0"),
+    ({"model": "m", "style": "long", "system_prompt": "Be brief."},
+     "give system_prompt .* or style .*, not both"),
+    ({"model": "m", "system_prompt": ""}, "at least 1 character"),
+    ({"model": "m", "style": "medium"}, "'long' or 'short'"),
 ])
 def test_teacher_mistakes_are_refused(teacher: dict, expected: str) -> None:
     with pytest.raises(ValidationError, match=expected):
