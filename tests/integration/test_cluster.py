@@ -47,6 +47,11 @@ def rehearsal(run_root: Path, tracking_uri: str, data: Path) -> list[str]:
         "resources.cpus_per_train_worker=0.99", "resources.cpus_per_engine=1",
         "train.global_batch_size=4", "train.max_length=256", "train.dtype=fp32",
         "evaluate.sampling.max_new_tokens=16",
+        # engine kinds: vLLM's CPU build takes minutes to start each engine; the judge step
+        # still runs (every answer math-verify rejects is re-judged), on a tiny-random judge
+        "evaluate.engine={kind: hf}", "evaluate.replicas=1", "evaluate.batch_size=8",
+        "evaluate.judge.model=tiny-random", "evaluate.judge.engine={kind: hf}",
+        "evaluate.judge.batch_size=8",
     ]
     for t in TEACHERS:
         sets += [f"teachers.{t}.model=tiny-random", f"teachers.{t}.engine={{kind: hf}}",
