@@ -21,6 +21,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from mixray.artifacts import spec_key
+from mixray.cost_config import CostConfig
 from mixray.curate.config import CurateConfig
 from mixray.evaluate.config import EvaluateConfig
 from mixray.generate.config import TeacherConfig
@@ -99,6 +100,7 @@ class SweepConfig(Strict):
     search: SearchConfig = SearchConfig()
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
+    cost: CostConfig = CostConfig()  # the preview's assumptions: in no key
 
     @model_validator(mode="after")
     def _pools_exist(self) -> SweepConfig:
@@ -196,7 +198,8 @@ class SweepConfig(Strict):
         """What must not change for an interrupted sweep to be resumed: everything but the
         search grid (new points simply run), placement and what is kept on disk."""
         return spec_key(self.model_dump(exclude={
-            "search": True, "resources": True, "run_root": True, "train": DISK_ONLY,
+            "search": True, "resources": True, "run_root": True, "cost": True,
+            "train": DISK_ONLY,
             # a threshold decides whether work is kept, never what it holds: raising it after
             # a failed generation and resuming is the point
             "teachers": {"__all__": {"max_error_rate"}}, "evaluate": {"max_error_rate"}}))

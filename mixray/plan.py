@@ -1,9 +1,10 @@
-"""What a sweep will do, said and checked before it does any of it: the plan `--dry-run` prints,
-and the check that every trial and generation actor fits the cluster (`check_resources`)."""
+"""What a sweep will do, said and checked before it does any of it: the plan `--dry-run` prints
+(with `mixray.cost`'s preview: tokens, time, GPU-hours), and the check that every trial and
+generation actor fits the cluster (`check_resources`)."""
 
 from __future__ import annotations
 
-from mixray import cluster
+from mixray import cluster, cost
 from mixray.config import SweepConfig
 from mixray.resources import cpus_per_trial, gpus_per_trial
 
@@ -45,6 +46,7 @@ def plan(cfg: SweepConfig) -> str:
         f"n={es.n}, max {es.max_new_tokens} tokens",
         f"resources: {cpus_per_trial(cfg):g} CPU + {gpus_per_trial(cfg):g} GPU per trial, "
         f"{r.cpus_per_engine:g} CPU per generation actor",
+        *cost.format_estimate(cost.estimate(cfg)),
     ]
     return "\n".join(lines)
 

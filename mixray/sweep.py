@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mixray import cluster, disk, logs, runtime
-from mixray.config import SweepConfig, SweepFileError, load_sweep
+from mixray import cluster, cost_actual, disk, logs, runtime
+from mixray.config import SweepConfig, load_sweep
 from mixray.invocation import Invocation
 from mixray.plan import check_resources, plan
 from mixray.upstream import Upstream, format_stages, run_upstream
@@ -50,15 +50,16 @@ def _trial_rows(cfg: SweepConfig, outcomes: list[Outcome],
     stopped early), or — for grid and random search — one that never ran."""
     from mixray.tracking import SUMMARY_METRICS
 
+    keys = (*SUMMARY_METRICS, *cost_actual.TRIAL_TIMES)  # times: the cost comparison's
     rows = []
     for name, d in done.items():
         rows.append({"trial": name, "student": d.student, "params": d.params,
                      "resumed": True, "error": None, "stopped_early": False}
-                    | {k: d.metrics.get(k) for k in SUMMARY_METRICS})
+                    | {k: d.metrics.get(k) for k in keys})
     for o in outcomes:
         row = {"trial": o.trial.name, "student": o.trial.student, "params": o.trial.params,
                "resumed": False, "error": o.error, "stopped_early": o.stopped_early}
-        row |= {k: o.metrics.get(k) for k in SUMMARY_METRICS}
+        row |= {k: o.metrics.get(k) for k in keys}
         if row["error"] is None and not o.stopped_early and row["eval_accuracy"] is None:
             row["error"] = "did not finish"
         rows.append(row)
@@ -178,6 +179,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
                # the whole run root, other sweeps' runs included: what this disk holds now
                "disk": {"run_root": str(cfg.run_root_path),
                         "bytes": disk.tree_size(cfg.run_root_path)}}
+    summary["cost"] = cost_actual.compare(cfg, summary, up.paths)  # estimate against actual
     (inv.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     summary["summary_path"] = str(inv.dir / "summary.json")
     return summary
@@ -247,6 +249,8 @@ def format_summary(cfg: SweepConfig, summary: dict[str, Any]) -> str:
           else f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri "
           f"{store} --workers 1 --host 127.0.0.1 --port 5000   # then open http://127.0.0.1:5000")
     size = f"run root: {summary['disk']['run_root']} {disk.human_size(summary['disk']['bytes'])}"
+    if "cost" in summary:
+        blocks.append(cost_actual.format_comparison(summary["cost"]))
     return ("\n" + format_stages(summary["stages"]) + "\n\n" + "\n\n".join(blocks)
             + f"\n\ntime: {stages}\n{size}\n"
             f"summary: {summary['summary_path']}\n"
@@ -274,10 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure()
     try:
         cfg = load_sweep(args.sweep, args.set)
-    except SweepFileError as e:
+        print(plan(cfg))
+    except ValueError as e:  # config.SweepFileError, or cost.calibrate_from that cannot be read
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(plan(cfg))
     if args.dry_run:
         return 0
     from mixray.generate.stage import GenerationFailed
