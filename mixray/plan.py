@@ -62,6 +62,11 @@ def check_resources(cfg: SweepConfig, capacity: dict[str, float]) -> None:
     for label, teacher in cfg.teachers.items():
         needs.append((f"one replica of teacher {label!r} (teachers.{label}.gpus_per_replica)",
                       "GPU", teacher.gpus))
+    needs.append(("one evaluation replica (evaluate.gpus_per_replica)", "GPU",
+                  cfg.evaluate.gpus))
+    if cfg.evaluate.judge is not None:
+        needs.append(("one judge replica (evaluate.judge.gpus_per_replica)", "GPU",
+                      cfg.evaluate.judge.gpus))
     for what, resource, need in needs:
         cluster.require(what, resource, need, capacity)
     for role, node_type in cfg.resources.node_types.model_dump().items():

@@ -90,3 +90,13 @@ def test_a_node_types_capacity_counts_only_its_own_nodes() -> None:
     assert cluster.launcher_maximum(aws, "teacher_node")["GPU"] < \
         cluster.launcher_maximum(aws)["GPU"]
     assert cluster.launcher_maximum(aws, "no_such_node") == {}
+
+
+def test_an_evaluation_or_judge_replica_no_node_can_hold_is_refused() -> None:
+    have = {"CPU": 1000.0, "GPU": 4.0, "teacher_node": 1.0, "trainer_node": 1.0}
+    check_resources(load_sweep(REPO / "sweeps" / "paper-mix.yaml"), have)  # TP <= 4 everywhere
+    for key in ("evaluate.engine", "evaluate.judge.engine"):
+        cfg = load_sweep(REPO / "sweeps" / "paper-mix.yaml", [f"{key}.tensor_parallel_size=8"])
+        where = key.removesuffix(".engine")
+        with pytest.raises(ValueError, match=rf"\({where}\.gpus_per_replica\) needs 8 GPUs"):
+            check_resources(cfg, have)
