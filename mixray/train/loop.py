@@ -37,7 +37,7 @@ from mixray.train.data import (
     to_device,
 )
 from mixray.train.engine import build_engine, export_hf, total_steps
-from mixray.train.loss import forward_inputs, pool_sums, token_losses
+from mixray.train.loss import model_losses, pool_sums
 from mixray.train.reporting import Reporter
 from mixray.train.validation import Validation
 
@@ -74,7 +74,7 @@ def train(a: LoopArgs, reporter: Reporter) -> None:
         n_tokens = _global_loss_tokens(batches)
         sums = torch.zeros(len(pools), 2, dtype=torch.float64)
         for batch in batches:
-            losses, mask = token_losses(engine(**forward_inputs(batch)).logits, batch["labels"])
+            losses, mask = model_losses(engine, batch)  # the head in chunks: no full fp32 logits
             engine.backward(losses.sum() * world * a.train.accumulation / n_tokens.clamp(min=1))
             engine.step()
             sums += pool_sums(losses, mask, batch["pool_ids"], len(pools)).cpu()
