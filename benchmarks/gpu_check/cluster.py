@@ -225,15 +225,8 @@ def run(args: argparse.Namespace, report: dict[str, Any]) -> int:
         except Exception as e:  # the next part still runs: every outcome is reported
             log.exception("%s failed", part)
             errors[part] = f"{type(e).__name__}: {e}"
-    report["wall_s"] = round(time.perf_counter() - started, 1)
-    report["ok"] = not errors
-    common.write(report, args.out)
-    if errors:
-        print(f"cluster half FAILED ({', '.join(errors)}); work kept in {work}; see {args.out}",
-              file=sys.stderr)
+    if not common.finish(report, errors, args.out, work, args.work is not None, started):
         return 1
-    if args.work is None:
-        shutil.rmtree(work, ignore_errors=True)
     ratio = report.get("vllm_vs_hf", {}).get("ratio_vllm_over_hf_tokens_per_s")
     print(f"cluster half passed in {report['wall_s']} s: vLLM / HF tokens/s = {ratio}; "
           f"{args.out}")

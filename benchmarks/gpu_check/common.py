@@ -295,6 +295,26 @@ def write(report: dict[str, Any], out: Path) -> None:
     log.info("wrote %s", out)
 
 
+def finish(report: dict[str, Any], errors: dict[str, str], out: Path, work: Path,
+           keep_work: bool, started: float) -> bool:
+    """Write the half's report (its wall time, ``ok``) and say whether it passed; a failed
+    half keeps its work dir for the logs, a passed one removes it unless ``keep_work``."""
+    import shutil
+    import sys
+    import time
+
+    report["wall_s"] = round(time.perf_counter() - started, 1)
+    report["ok"] = not errors
+    write(report, out)
+    if errors:
+        print(f"{report['half']} half FAILED ({', '.join(errors)}); work kept in {work}; "
+              f"see {out}", file=sys.stderr)
+        return False
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return True
+
+
 def skipped(report: dict[str, Any], out: Path, why: str) -> int:
     """Write {"skipped": why, ...} and return 0: no GPU is not a failure."""
     import torch

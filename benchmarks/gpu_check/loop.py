@@ -392,15 +392,8 @@ def run(args: argparse.Namespace, report: dict[str, Any], cuda: bool) -> int:
     except Exception as e:
         log.exception("the loop half failed")
         errors["setup"] = f"{type(e).__name__}: {e}"
-    report["wall_s"] = round(time.perf_counter() - started, 1)
-    report["ok"] = not errors
-    common.write(report, args.out)
-    if errors:
-        print(f"loop half FAILED ({', '.join(errors)}); work kept in {work}; see {args.out}",
-              file=sys.stderr)
+    if not common.finish(report, errors, args.out, work, args.work is not None, started):
         return 1
-    if args.work is None:
-        shutil.rmtree(work, ignore_errors=True)
     summary = {f"zero{z}": {k: report[f"zero{z}"][k] for k in ("tokens_per_s", "mfu_6nt",
                                                                "mfu_model")}
                for z in args.zero_stages}  # every stage ran without error to come here
