@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from mixray.analysis_config import AnalysisConfig
 from mixray.artifacts import spec_key
 from mixray.cost_config import CostConfig
 from mixray.curate.config import CurateConfig
@@ -29,7 +30,7 @@ from mixray.generate.job import Placement
 from mixray.mix.config import MixSpec
 from mixray.problems.config import ProblemsConfig
 from mixray.schema import Strict
-from mixray.search import LONG_SHARE, SearchConfig, Trial, set_dotted, trial_name
+from mixray.search import LONG_SHARE, SEED, SearchConfig, Trial, set_dotted, trial_name
 from mixray.store import default_tracking_uri
 from mixray.train.config import TrainConfig
 
@@ -101,6 +102,7 @@ class SweepConfig(Strict):
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
     cost: CostConfig = CostConfig()  # the preview's assumptions: in no key
+    analysis: AnalysisConfig = AnalysisConfig()  # how results are judged: in no key
 
     @model_validator(mode="after")
     def _pools_exist(self) -> SweepConfig:
@@ -187,7 +189,10 @@ class SweepConfig(Strict):
         pydantic's ValidationError when the values make an invalid sweep."""
         data = self.model_dump(exclude={"search"}) | {"students": [student]}
         for key, value in params.items():
-            if key != LONG_SHARE:
+            if key == SEED:  # a replicate: every seed a trial's bytes depend on
+                for section in ("train.seed", "mix.seed", "evaluate.sampling.seed"):
+                    set_dotted(data, section, value)
+            elif key != LONG_SHARE:
                 set_dotted(data, key, value)
         cfg = SweepConfig.model_validate(data)
         if LONG_SHARE in params:
@@ -198,7 +203,7 @@ class SweepConfig(Strict):
         """What must not change for an interrupted sweep to be resumed: everything but the
         search grid (new points simply run), placement and what is kept on disk."""
         return spec_key(self.model_dump(exclude={
-            "search": True, "resources": True, "run_root": True, "cost": True,
+            "search": True, "resources": True, "run_root": True, "cost": True, "analysis": True,
             "train": DISK_ONLY,
             # a threshold decides whether work is kept, never what it holds: raising it after
             # a failed generation and resuming is the point

@@ -19,7 +19,7 @@ import itertools
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +51,11 @@ class CostEstimate:
     train: dict[str, StageCost]  # trial name (Optuna: student) ->
     evaluate: dict[str, StageCost]
     notes: list[str]
+    baselines: dict[str, StageCost] = field(default_factory=dict)  # student -> (mixray.baseline)
 
     def stages(self) -> list[StageCost]:
-        return [*self.generate.values(), *self.train.values(), *self.evaluate.values()]
+        return [*self.generate.values(), *self.train.values(), *self.evaluate.values(),
+                *self.baselines.values()]
 
 
 def params_b(spec: str) -> float | None:
@@ -270,18 +272,23 @@ def _train(one: SweepConfig, chars: float, measured: Measured, times: int) -> St
                   startup(th, "train", gpus), times)
 
 
-def benchmark_problems(one: SweepConfig) -> int:
-    """Problems over every benchmark: limits, registry sizes, the held-out set's size."""
+def benchmark_sizes(one: SweepConfig) -> list[int]:
+    """Problems of each benchmark: limits, registry sizes, the held-out set's size."""
     from mixray.evaluate.benchmarks import REGISTRY
 
-    total = 0
+    sizes = []
     for b in one.evaluate.benchmarks:
         size = {"heldout": one.problems.eval_size, "reasoning_gym": getattr(b, "size", None),
                 "registry": REGISTRY[b.name].expected_size if b.kind == "registry" else None,
                 "dataset": getattr(b, "expected_size", None)}[b.kind]
         size = d.UNKNOWN_BENCHMARK_SIZE if size in (None, "all") else size
-        total += min(size, getattr(b, "limit", None) or size)
-    return total
+        sizes.append(min(size, getattr(b, "limit", None) or size))
+    return sizes
+
+
+def benchmark_problems(one: SweepConfig) -> int:
+    """Problems over every benchmark."""
+    return sum(benchmark_sizes(one))
 
 
 def _evaluate(one: SweepConfig, measured: Measured, times: int) -> StageCost:
@@ -324,7 +331,9 @@ def estimate(cfg: SweepConfig) -> CostEstimate:
     if cfg.evaluate.judge is not None:
         notes.append("the judge's tokens are not counted (one short verdict per rejected answer)")
     generate = {label: generation_cost(cfg, label, measured) for label in cfg.teachers}
-    return CostEstimate(generate, train, evaluate, notes)
+    # each student once before fine-tuning, on the trials' problems (mixray.baseline)
+    baselines = {s: _evaluate(cfg.for_trial(s, {}), measured, 1) for s in cfg.students}
+    return CostEstimate(generate, train, evaluate, notes, baselines)
 
 
 def human(n: float) -> str:
@@ -364,13 +373,14 @@ def format_estimate(est: CostEstimate) -> list[str]:
     for label, c in est.generate.items():
         lines.append(f"  generate {label}: {human(c.tokens)} tokens = {human(c.count)} "
                      f"{c.unit} x {c.each:.0f}; {about(c.seconds)}{_gpu_hours(c.gpu_hours)}")
-    for stage, costs in (("train", est.train), ("evaluate", est.evaluate)):
+    for stage, costs, what in (("train", est.train, "trial"), ("evaluate", est.evaluate, "trial"),
+                               ("baseline", est.baselines, "student")):
         if not (cs := list(costs.values())):
             continue
         n, secs = sum(c.times for c in cs), [c.seconds for c in cs]
         time = ("time unknown" if None in secs else
                 f"~{span([s for s in secs if s is not None], duration)}")
-        lines.append(f"  {stage} ({n} trial{'s' * (n != 1)}): {span([c.tokens for c in cs])} "
+        lines.append(f"  {stage} ({n} {what}{'s' * (n != 1)}): {span([c.tokens for c in cs])} "
                      f"tokens each = {span([c.count for c in cs])} {cs[0].unit} x "
                      f"{span([c.each for c in cs])}; {time} each"
                      f"{_gpu_hours(sum(c.gpu_hours * c.times for c in cs), ' in all')}")

@@ -1,7 +1,9 @@
 """One run of a sweep (an invocation) and its state on disk, which `--resume` reads back.
 
 Each invocation has a folder ``<run root>/sweeps/<name>/<id>/`` holding ``state.json`` (the
-resume key, the MLflow parent run, the status) and, once it ends, ``summary.json``.
+resume key, the MLflow parent run, the status) and, once it ends, ``summary.json``; its trials
+write under ``<run root>/trials/<id>/<trial>/`` (`trial_dir`), its baselines under
+``<run root>/trials/<id>/_baselines/``.
 """
 
 from __future__ import annotations
@@ -50,12 +52,22 @@ class Invocation:
         raise ValueError(f"--resume: sweep {cfg.name!r} has no interrupted run under "
                          f"{cfg.run_root_path / 'sweeps' / cfg.name}")
 
+    def trial_dir(self, trial: str) -> Path:
+        """Where a trial of this invocation writes its mix and evaluation."""
+        return trial_dir(self.dir.parents[2], self.id, trial)
+
     def save(self, status: str) -> None:
         self.status = status
         self.dir.mkdir(parents=True, exist_ok=True)
         state = {"resume_key": self.resume_key, "parent_run_id": self.parent_run_id,
                  "status": status}
         (self.dir / "state.json").write_text(json.dumps(state, indent=2))
+
+
+def trial_dir(run_root: Path, invocation: str, trial: str) -> Path:
+    """Where a trial of an invocation writes (mixray.tune.run_trial): its mix, its evaluation;
+    the same on --resume (same invocation)."""
+    return run_root / "trials" / invocation / trial
 
 
 def git_commit() -> str:

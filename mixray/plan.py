@@ -1,12 +1,13 @@
 """What a sweep will do, said and checked before it does any of it: the plan `--dry-run` prints
-(with `mixray.cost`'s preview: tokens, time, GPU-hours), and the check that every trial and
-generation actor fits the cluster (`check_resources`)."""
+(with `mixray.cost`'s preview: tokens, time, GPU-hours, and what the evaluation can detect), and
+the check that every trial and generation actor fits the cluster (`check_resources`)."""
 
 from __future__ import annotations
 
 from mixray import cluster, cost
 from mixray.config import SweepConfig
 from mixray.resources import cpus_per_trial, gpus_per_trial
+from mixray.significance import detectable_difference, effective_problems, problems_needed
 
 
 def _source(cfg: SweepConfig) -> str:
@@ -46,9 +47,29 @@ def plan(cfg: SweepConfig) -> str:
         f"n={es.n}, max {es.max_new_tokens} tokens",
         f"resources: {cpus_per_trial(cfg):g} CPU + {gpus_per_trial(cfg):g} GPU per trial, "
         f"{r.cpus_per_engine:g} CPU per generation actor",
+        power_plan(cfg),
         *cost.format_estimate(cost.estimate(cfg)),
     ]
     return "\n".join(lines)
+
+
+def power_plan(cfg: SweepConfig) -> str:
+    """What the evaluation can detect before any result is in: the unpaired bound at accuracy
+    0.5 (the largest variance), so pairing, samples and a known accuracy only improve on it."""
+    a = cfg.analysis
+    sizes = cost.benchmark_sizes(cfg)
+    n_eff = effective_problems(sizes)
+    seeds = len(cfg.search.seeds or [None])
+    mde = detectable_difference(n_eff, 0.5, alpha=a.alpha, power=a.power)
+    need = problems_needed(a.detect, 0.5, alpha=a.alpha, power=a.power)
+    # P weighs benchmarks equally: a 30-problem AIME counts as much as a 500-problem MATH
+    weighed = (f" (as {n_eff:.0f} for P, the unweighted mean over {len(sizes)} benchmarks)"
+               if len(sizes) > 1 else "")
+    return (f"power    : {sum(sizes)} held-out problems{weighed} x {cfg.evaluate.sampling.n} "
+            f"sample(s) "
+            f"x {seeds} seed(s) detect differences of {mde:.3f} or more in accuracy "
+            f"({a.power:.0%} power, {a.alpha:g} level; an upper bound: unpaired, at accuracy "
+            f"0.5); detecting {a.detect:g} takes up to {need} problems (analysis.detect)")
 
 
 def check_resources(cfg: SweepConfig, capacity: dict[str, float]) -> None:

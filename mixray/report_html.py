@@ -1,8 +1,10 @@
 """The report's page: ``index.html``, self-contained apart from the PNG figures next to it.
 
-Sections (a) learnability gaps, (b) accuracy against mix share, (c) schedules compared, (d)
-per-benchmark accuracy, (e) the data card, (f) every trial with its status, rendered from the
-plain records of `mixray.analysis` and the figure names `mixray.report_figures` returns. No
+Sections (a) learnability gaps, each difference with its paired interval and significance mark,
+(b) accuracy against mix share (means over seeds, their errors apart), (c) schedules compared,
+(d) per-benchmark accuracy, (e) the data card, (f) every trial with its status, (g) trust: each
+point against its base model and what the evaluation could detect, rendered from the plain
+records of `mixray.analysis` and the figure names `mixray.report_figures` returns. No
 scripts, stylesheets or remote images: the page opens from a file:// URL anywhere.
 """
 
@@ -13,7 +15,18 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from mixray.analysis import GAP_NAMES, GapRow, Point, SweepRecord, Trial, gap_name
+from mixray.analysis import (
+    GAP_NAMES,
+    Findings,
+    Gain,
+    GapRow,
+    Point,
+    SweepRecord,
+    Trial,
+    gap_name,
+    power_line,
+)
+from mixray.significance import Comparison
 
 
 def fmt(value: float | None, signed: bool = False) -> str:
@@ -51,14 +64,24 @@ def _img(name: str, alt: str) -> str:
     return f'<img src="{html.escape(name)}" alt="{html.escape(alt)}">'
 
 
+def tested(value: float | None, test: Comparison | None) -> str:
+    """A difference, its paired interval, and ``*`` when the interval excludes 0 (``n.s.``
+    when it does not); no interval when per-problem scores were not logged."""
+    if test is None:
+        return fmt(value, signed=True)
+    mark = "*" if test.significant else "n.s."
+    return f"{fmt(value, signed=True)} [{fmt(test.low, signed=True)}, " \
+           f"{fmt(test.high, signed=True)}] {mark}"
+
+
 def _gap_table(rows: Sequence[GapRow], pools: tuple[str, str], table_id: str) -> str:
     a, b = pools
     headers = ["Student", f"P({a} only)", f"P({b} only)", gap_name(pools),
                f"Best mix ({a} share)", "Best mix accuracy", "Best single source",
                "Best mix − best single"]
-    body = [[r.student, fmt(r.p_first), fmt(r.p_second), fmt(r.gap, signed=True),
+    body = [[r.student, fmt(r.p_first), fmt(r.p_second), tested(r.gap, r.gap_test),
              _mix_label(r.best_mix), fmt(r.best_mix.accuracy if r.best_mix else None),
-             _single_label(r), fmt(r.mix_gain, signed=True)] for r in rows]
+             _single_label(r), tested(r.mix_gain, r.mix_test)] for r in rows]
     return _table(headers, body, table_id)
 
 
@@ -91,19 +114,27 @@ def _gap_section(rows: Sequence[GapRow], pools: tuple[str, str], teachers: Seque
 def section_gaps(rec: SweepRecord, gaps: Sequence[GapRow]) -> str:
     pairs = list(GAP_NAMES) + sorted({g.pools for g in gaps} - set(GAP_NAMES))
     parts = [_gap_section(gaps, pair, rec.teachers) for pair in pairs]
-    intro = _note("P is the student's eval accuracy after training on one source only (share 1: "
-                  "first pool only, share 0: second pool only); the best mix is the mixed share "
-                  "(0 < share < 1) with the highest accuracy. Only finished trials count.")
+    intro = _note(f"P is the student's eval accuracy after training on one source only (share "
+                  f"1: first pool only, share 0: second pool only); the best mix is the mixed "
+                  f"point (0 < share < 1) best by {rec.metric} ({rec.mode}). Differences carry "
+                  f"their {rec.analysis.level:.0%} interval, paired over the same problems "
+                  f"(a bootstrap over problems and seeds); * marks an interval that excludes 0, "
+                  f"n.s. one that does not. Only finished trials count.")
     return '<section id="gaps"><h2>(a) Learnability gaps</h2>' + intro + "".join(parts) + \
         "</section>"
 
 
 def section_curve(points: Sequence[Point], figure: str | None) -> str:
     body = [[p.student, f"{p.pools[0]} vs {p.pools[1]}", p.schedule or "", f"{p.share:g}",
-             _acc(p.accuracy, p.stderr), p.n, ", ".join(p.trials)] for p in points]
+             p.point, _acc(p.accuracy, p.stderr), p.n, fmt(p.seed_stderr),
+             fmt(p.sampling_stderr), ", ".join(p.trials)] for p in points]
     content = (_img(figure, "accuracy against long share") if figure else "") + _table(
-        ["Student", "Pools", "Schedule", "Share", "Accuracy", "Trials (n)", "Trial names"],
-        body, "curve-points") if points else _note("No finished trial with an eval accuracy.")
+        ["Student", "Pools", "Schedule", "Share", "Other values", "Accuracy", "Trials (n)",
+         "± seeds", "± evaluation", "Trial names"],
+        body, "curve-points") + _note(
+        "A point is the mean over its seeds; ± seeds is their spread over sqrt(n), ± evaluation "
+        "the evaluations' own error over problems and samples; Accuracy's ± combines both.") \
+        if points else _note("No finished trial with an eval accuracy.")
     return f'<section id="curve"><h2>(b) Accuracy against mix share</h2>{content}</section>'
 
 
@@ -180,6 +211,35 @@ def section_trials(rec: SweepRecord, figure: str | None) -> str:
         _table(headers, body, "trials-table", classes) + note + img + "</section>"
 
 
+def _gain_row(g: Gain) -> list[Any]:
+    p = g.point
+    return [p.student, f"{p.share:g}", p.point, p.n, fmt(g.base), fmt(p.accuracy),
+            tested(g.gain, g.test)]
+
+
+def section_trust(rec: SweepRecord, found: Findings) -> str:
+    """Each point against its student's base model, and what the evaluation could detect."""
+    if found.gains:
+        base = _table(["Student", "Share", "Other values", "Seeds", "Base model", "Trained",
+                       "Gain over base"], [_gain_row(g) for g in found.gains], "gains-table")
+    else:
+        base = _note("No baseline evaluation on the parent run (a sweep from before baselines "
+                     "were logged, or no finished trial).")
+    return ('<section id="trust"><h2>(g) Against the base model, and power</h2>' + base
+            + f'<p id="power-line">{html.escape(power_line(found.power, rec.analysis))}</p>'
+            + "</section>")
+
+
+def section_proposals(lines: Sequence[str]) -> str:
+    """(h) Where the next sweep should look: `mixray.propose`'s lines, one per curve."""
+    body = "".join(f"<li>{html.escape(line)}</li>" for line in lines) if lines else ""
+    content = f'<ul id="proposals">{body}</ul>' if lines else _note("No curve to fit yet.")
+    hint = _note("A weighted quadratic of accuracy against the share (each point weighed by its "
+                 "error), its best share with a bootstrap interval; python -m mixray.propose "
+                 "--write NEXT.yaml writes the next sweep file around it.")
+    return f'<section id="next-mix"><h2>(h) The next mix</h2>{content}{hint}</section>'
+
+
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
@@ -192,8 +252,10 @@ code { background: #f4f4f4; padding: 0 0.2em; }
 """
 
 
-def render_html(rec: SweepRecord, points: Sequence[Point], gaps: Sequence[GapRow],
-                figures: dict[str, str | None]) -> str:
+def render_html(rec: SweepRecord, found: Findings, figures: dict[str, str | None],
+                extra: Sequence[str] = ()) -> str:
+    """The page; ``extra`` sections (already HTML) go after the others."""
+    points, gaps = found.points, found.gaps
     done = sum(t.usable for t in rec.trials)
     header = (f"<h1>mixray report: {html.escape(rec.experiment)}</h1>"
               f"<p>Parent run <code>{html.escape(rec.parent_id)}</code> "
@@ -205,7 +267,8 @@ def render_html(rec: SweepRecord, points: Sequence[Point], gaps: Sequence[GapRow
                 section_schedules(points, figures.get("schedules")),
                 section_benchmarks(rec.trials, figures.get("benchmarks")),
                 section_data_card(rec, figures.get("data_card")),
-                section_trials(rec, figures.get("train_loss"))]
+                section_trials(rec, figures.get("train_loss")), section_trust(rec, found),
+                *extra]
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f"<title>mixray report: {html.escape(rec.experiment)}</title><style>{CSS}</style>"
             f"</head><body>{header}{''.join(sections)}</body></html>\n")

@@ -37,6 +37,10 @@ from mixray.schema import Strict
 
 SEARCHABLE = ("mix.", "train.", "evaluate.")
 LONG_SHARE = "mix.long_share"
+# A trial's replicate: `search.seeds` repeats every point once per seed, which sets train.seed,
+# mix.seed and evaluate.sampling.seed together (SweepConfig.for_trial). Not a search axis: the
+# report averages over it (analysis.Point) instead of comparing across it.
+SEED = "seed"
 # Placement, not science: a trial's resources are fixed so that concurrency can be derived;
 # what stays on disk (train.keep_checkpoints) is the sweep's, not a trial's, choice.
 NOT_SEARCHABLE = ("train.num_workers", "train.keep_checkpoints")
@@ -127,6 +131,11 @@ class SearchConfig(Strict):
     num_samples: int = Field(
         1, ge=1, description="Draws (random) or proposals per student (optuna).")
     seed: int = Field(0, description="Seeds random draws and Optuna's sampler.")
+    seeds: list[int] | None = Field(
+        None, min_length=1, description="Repeat every search point once per seed (grid and "
+        "random search): each sets train.seed, mix.seed and evaluate.sampling.seed; the summary "
+        "and report give the mean over seeds with its standard error. None: one run per point, "
+        "with the sections' own seeds.")
     metric: str = Field("eval_accuracy", description="What Optuna optimises and 'best' means.")
     mode: Literal["min", "max"] = "max"
     scheduler: FifoScheduler | AshaScheduler = Field(
@@ -154,6 +163,11 @@ class SearchConfig(Strict):
             raise ValueError(f"give search.long_share or search.space.{LONG_SHARE}, not both")
         if self.long_share is not None and not all(0.0 <= s <= 1.0 for s in self.long_share):
             raise ValueError(f"every search.long_share must lie in [0, 1], got {self.long_share}")
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"search.seeds must be distinct, got {self.seeds}")
+        if self.seeds is not None and self.algorithm == "optuna":
+            raise ValueError("search.seeds repeats the points of grid and random search; Optuna "
+                             "proposes one trial per point (use algorithm random, or no seeds)")
         kinds = {key: d.kind for key, d in self.axes().items()}
         if self.algorithm == "grid":
             drawn = [k for k, kind in kinds.items() if kind != "grid"]
@@ -191,7 +205,10 @@ class SearchConfig(Strict):
         drawn = [{key: d.sample(rng) for key, d in axes.items() if d.kind != "grid"}
                  for _ in range(self.num_samples)]
         order = list(axes)
-        return [{k: (g | s)[k] for k in order} for g in grid for s in drawn]
+        points = [{k: (g | s)[k] for k in order} for g in grid for s in drawn]
+        if self.seeds is None:
+            return points
+        return [p | {SEED: seed} for p in points for seed in self.seeds]
 
 
 def _numbers(domain: Domain, key: str) -> list[float]:
@@ -226,6 +243,12 @@ class Trial:
     name: str  # stable (trial_name): its MLflow child run, output folder, identity on resume
     student: str  # a model spec from `students`
     params: dict[str, Any]  # dotted search key -> this trial's value
+
+
+def point_label(params: dict[str, Any]) -> str:
+    """A trial's search values less its long share and seed: what makes trials at one share
+    different points (repeats over seeds share it)."""
+    return " ".join(value_token(k, v) for k, v in params.items() if k not in (LONG_SHARE, SEED))
 
 
 def trial_name(student: str, params: dict[str, Any], suffix: str | None = None) -> str:

@@ -17,17 +17,20 @@ import json
 import logging
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mixray import cluster, cost_actual, disk, logs, runtime
 from mixray.config import SweepConfig, load_sweep
-from mixray.invocation import Invocation
+from mixray.invocation import Invocation, trial_dir
 from mixray.plan import check_resources, plan
+from mixray.summary import format_summary
 from mixray.upstream import Upstream, format_stages, run_upstream
 
 if TYPE_CHECKING:  # imported where used: Ray, MLflow and the stages load slowly
-    from mixray.analysis import GapRow
+    from mixray.analysis import Baseline, Findings, GapRow, Point
+    from mixray.significance import Comparison
     from mixray.tracking import Finished
     from mixray.tune import Outcome
 
@@ -51,15 +54,16 @@ def _trial_rows(cfg: SweepConfig, outcomes: list[Outcome],
     from mixray.tracking import SUMMARY_METRICS
 
     keys = (*SUMMARY_METRICS, *cost_actual.TRIAL_TIMES)  # times: the cost comparison's
+    metric = cfg.search.metric  # "value": what "best" means
     rows = []
     for name, d in done.items():
         rows.append({"trial": name, "student": d.student, "params": d.params,
                      "resumed": True, "error": None, "stopped_early": False}
-                    | {k: d.metrics.get(k) for k in keys})
+                    | {k: d.metrics.get(k) for k in keys} | {"value": d.metrics.get(metric)})
     for o in outcomes:
         row = {"trial": o.trial.name, "student": o.trial.student, "params": o.trial.params,
                "resumed": False, "error": o.error, "stopped_early": o.stopped_early}
-        row |= {k: o.metrics.get(k) for k in keys}
+        row |= {k: o.metrics.get(k) for k in keys} | {"value": o.metrics.get(metric)}
         if row["error"] is None and not o.stopped_early and row["eval_accuracy"] is None:
             row["error"] = "did not finish"
         rows.append(row)
@@ -67,7 +71,8 @@ def _trial_rows(cfg: SweepConfig, outcomes: list[Outcome],
         ran = {r["trial"] for r in rows}
         rows += [{"trial": t.name, "student": t.student, "params": t.params,
                   "resumed": False, "error": "did not run", "stopped_early": False}
-                 | dict.fromkeys(SUMMARY_METRICS) for t in cfg.trials() if t.name not in ran]
+                 | dict.fromkeys((*SUMMARY_METRICS, "value")) for t in cfg.trials()
+                 if t.name not in ran]
     for row in rows:
         row["long_share"] = cfg.for_trial(row["student"], row["params"]).mix.long_share
     return sorted(rows, key=lambda r: (r["student"], r["long_share"], r["trial"]))
@@ -87,35 +92,59 @@ def _close_stopped(cfg: SweepConfig, parent_id: str, outcomes: list[Outcome]) ->
                                 f"{cfg.search.scheduler.kind} at step {step}")
 
 
-def sweep_gaps(cfg: SweepConfig, trials: list[dict[str, Any]]) -> list[GapRow]:
-    """ΔLong / ΔLarge and the best mix against the best single source, per student, from this
-    invocation's summary rows (trials finished now or before): the same analysis the report
-    runs on what MLflow holds, without reading back what the sweep has in hand."""
+def sweep_findings(cfg: SweepConfig, invocation: str, trials: list[dict[str, Any]],
+                   baselines: dict[str, Baseline]) -> Findings:
+    """The gaps with their paired intervals, the gains over the base models and the power, from
+    this invocation's summary rows (trials finished now or before) and the per-problem scores
+    their evaluations wrote: the analysis the report runs on what MLflow holds, without reading
+    back what the sweep has in hand."""
     from mixray import tracking
-    from mixray.analysis import Trial, curve_points, gap_rows
+    from mixray.analysis import Trial, analyse
+    from mixray.evaluate.stage import SCORES_FILE
+    from mixray.search import SEED, point_label
+    from mixray.significance import Scores
 
     records = []
     for row in trials:
         one = cfg.for_trial(row["student"], row["params"])
         finished = row["error"] is None and not row["stopped_early"]
+        scores = trial_dir(cfg.run_root_path, invocation, row["trial"]) / "eval" / SCORES_FILE
         records.append(Trial(
             run_id=row["trial"], name=row["trial"], status="FINISHED" if finished else "FAILED",
             student=row["student"], share=one.mix.long_share,
             pools=(one.mix.long_pool, one.mix.short_pool), schedule=tracking.schedule_label(one),
             accuracy=row["eval_accuracy"], stderr=row["eval_accuracy_stderr"],
             train_loss=row["train_loss"], loss_curve=(), benchmarks={}, data_card=None,
-            error=row["error"]))
-    return gap_rows(curve_points(records))
+            error=row["error"], seed=row["params"].get(SEED), point=point_label(row["params"]),
+            value=row["value"],
+            scores=Scores.from_json(json.loads(scores.read_text()))
+            if finished and scores.is_file() else None))
+    s = cfg.search
+    return analyse(records, baselines, cfg.evaluate.sampling.n, s.metric, s.mode, cfg.analysis)
 
 
-def gap_metrics(rows: list[GapRow]) -> dict[str, float]:
+def _test_metrics(prefix: str, test: Comparison | None) -> dict[str, float]:
+    if test is None:
+        return {}
+    return {f"{prefix}_low": test.low, f"{prefix}_high": test.high,
+            f"{prefix}_p_value": test.p_value, f"{prefix}_significant": float(test.significant)}
+
+
+def gap_metrics(found: Findings) -> dict[str, float]:
+    """The parent run's comparison metrics: per student and pair of pools the gap and the best
+    mix's margin over the best single source, each with its interval; the power."""
     out = {}
-    for r in rows:
+    for r in found.gaps:
         key = f"{Path(r.student).name}/{r.pools[0]}_vs_{r.pools[1]}"
         for name, value in (("gap", r.gap), ("best_mix_gain", r.mix_gain),
                             ("best_mix_share", r.best_mix.share if r.best_mix else None)):
             if value is not None:
                 out[f"{key}/{name}"] = value
+        out |= _test_metrics(f"{key}/gap", r.gap_test)
+        out |= _test_metrics(f"{key}/best_mix_gain", r.mix_test)
+    if found.power is not None:
+        out |= {"power/detectable_difference": found.power.detectable,
+                "power/problems_needed": float(found.power.needed)}
     return out
 
 
@@ -128,6 +157,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
     import ray
 
     from mixray import tracking
+    from mixray.baseline import evaluate_baselines
     from mixray.generate.stage import GenerationFailed
     from mixray.tune import SweepContext, discard_stopped, run_tune
 
@@ -150,6 +180,10 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
         inv.parent_run_id = tracking.start_parent(cfg, {"curate": up.curate,
                                                         "stages": up.stages})
         inv.save("running")
+    t0 = time.perf_counter()
+    baselines = evaluate_baselines(cfg, up.paths, up.problems.path / "eval.parquet",
+                                   inv.parent_run_id, inv.trial_dir("_baselines"))
+    timings["baselines"] = time.perf_counter() - t0
     todo = [] if cfg.search.algorithm == "optuna" else \
         [t for t in cfg.trials() if t.name not in done]
     log.info("trials: %d to run, %d finished before", cfg.n_trials() - len(done), len(done))
@@ -164,8 +198,8 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
         _close_stopped(cfg, inv.parent_run_id, outcomes)
         discard_stopped(ctx, outcomes)
         trials = _trial_rows(cfg, outcomes, done)
-        gaps = sweep_gaps(cfg, trials)
-        tracking.log_gaps(cfg, inv.parent_run_id, gap_metrics(gaps))
+        found = sweep_findings(cfg, inv.id, trials, baselines)
+        tracking.log_gaps(cfg, inv.parent_run_id, gap_metrics(found))
         status = "finished" if all(t["error"] is None for t in trials) else "failed"
     finally:
         timings["trials"] = time.perf_counter() - t0
@@ -173,7 +207,11 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
         tracking.end_parent(cfg, inv.parent_run_id, {"finished": "FINISHED", "failed": "FAILED",
                                                      "interrupted": "KILLED"}[status])
     summary = {"invocation": inv.id, "status": status, "stages": up.stages, "trials": trials,
-               "gaps": [_gap_dict(g) for g in gaps], "timings_s": timings,
+               "gaps": [_gap_dict(g) for g in found.gaps],
+               "baselines": {k: {"accuracy": b.accuracy, "stderr": b.stderr}
+                             for k, b in baselines.items()},
+               "points": [_point_dict(p) for p in found.points],
+               "power": asdict(found.power) if found.power else None, "timings_s": timings,
                "mlflow": {"tracking_uri": cfg.tracking_uri, "experiment": cfg.experiment,
                           "parent_run_id": inv.parent_run_id},
                # the whole run root, other sweeps' runs included: what this disk holds now
@@ -185,80 +223,22 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
     return summary
 
 
+def _test_dict(test: Comparison | None) -> dict[str, Any] | None:
+    return None if test is None else asdict(test) | {"significant": test.significant}
+
+
 def _gap_dict(g: GapRow) -> dict[str, Any]:
     return {"student": g.student, "pools": list(g.pools), "name": g.gap_name, "gap": g.gap,
             "p_first": g.p_first, "p_second": g.p_second, "best_single": g.best_single,
             "best_mix_share": g.best_mix.share if g.best_mix else None,
             "best_mix_accuracy": g.best_mix.accuracy if g.best_mix else None,
-            "best_mix_gain": g.mix_gain}
+            "best_mix_gain": g.mix_gain, "gap_test": _test_dict(g.gap_test),
+            "best_mix_test": _test_dict(g.mix_test)}
 
 
-def _fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _mix_text(trial: dict[str, Any]) -> str:
-    """The mix's rows, and how many of its pools ran dry (.0f: MLflow gives resumed counts back
-    as floats)."""
-    dry = trial.get("mix_pools_ran_dry")
-    return _fmt(trial["mix_rows"], ".0f") + (f" ({dry:.0f} dry)" if dry else "")
-
-
-def _params_text(params: dict[str, Any]) -> str:
-    from mixray.search import value_token
-
-    return " ".join(value_token(k, v) for k, v in params.items()) or "-"
-
-
-def format_summary(cfg: SweepConfig, summary: dict[str, Any]) -> str:
-    """Per student: trials (search values -> metrics), the best one, the gaps; then where to
-    look."""
-    blocks = []
-    for student in cfg.students:
-        trials = [t for t in summary["trials"] if t["student"] == student]
-        rows = [("trial", "values", "long share", "mix rows", "train loss", "eval acc ± se",
-                 "status")]
-        for t in trials:
-            status = ("FAILED" if t["error"] else "stopped early" if t["stopped_early"]
-                      else "resumed" if t["resumed"] else "ok")
-            rows.append((t["trial"], _params_text(t["params"]), f"{t['long_share']:g}",
-                         _mix_text(t), _fmt(t["train_loss"], ".4f"),
-                         _fmt(t["eval_accuracy"], ".3f") + " ± " +
-                         _fmt(t["eval_accuracy_stderr"], ".3f"), status))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = [f"student {student}:"] + ["  " + "  ".join(c.ljust(w) for c, w in zip(
-            r, widths, strict=True)) for r in rows]
-        if dry := [t["trial"] for t in trials if t.get("mix_pools_ran_dry")]:
-            lines.append(f"  pools ran dry (the others filled in) in {', '.join(dry)}: see "
-                         "ran_dry in their data_card.json, or set mix.on_pool_exhausted: error")
-        scored = [t for t in trials if t["eval_accuracy"] is not None]
-        if scored:
-            best = max(scored, key=lambda t: t["eval_accuracy"])
-            lines.append(f"  best: {best['trial']} ({_params_text(best['params'])}), "
-                         f"eval acc {best['eval_accuracy']:.3f}")
-        for g in summary["gaps"]:
-            if g["student"] == student and (g["gap"], g["best_mix_gain"]) != (None, None):
-                lines.append(
-                    f"  {g['name']} = P({g['pools'][0]} only) - P({g['pools'][1]} only) = "
-                    f"{_fmt(g['gap'], '+.3f')}; best mix (share {_fmt(g['best_mix_share'], 'g')}) "
-                    f"vs best single source: {_fmt(g['best_mix_gain'], '+.3f')}")
-        blocks.append("\n".join(lines))
-    stages = ", ".join(f"{k} {v:.0f}s" for k, v in summary["timings_s"].items())
-    store = cfg.tracking_uri
-    ui = (f"{store}   (the tracking server's own UI)" if store.startswith(("http:", "https:"))
-          else f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri "
-          f"{store} --workers 1 --host 127.0.0.1 --port 5000   # then open http://127.0.0.1:5000")
-    size = f"run root: {summary['disk']['run_root']} {disk.human_size(summary['disk']['bytes'])}"
-    if "cost" in summary:
-        blocks.append(cost_actual.format_comparison(summary["cost"]))
-    return ("\n" + format_stages(summary["stages"]) + "\n\n" + "\n\n".join(blocks)
-            + f"\n\ntime: {stages}\n{size}\n"
-            f"summary: {summary['summary_path']}\n"
-            f"MLflow experiment {cfg.experiment!r}, "
-            f"parent run {summary['mlflow']['parent_run_id']}."
-            f"\nOpen the UI:\n  {ui}\nComparison report (HTML + figures):\n"
-            "  python -m mixray.report "
-            f"--experiment {cfg.experiment} --tracking-uri {store}\n")
+def _point_dict(p: Point) -> dict[str, Any]:
+    """A point of the curve: the mean over its seeds, the errors apart (no per-problem scores)."""
+    return {k: v for k, v in asdict(p).items() if k != "scores"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ from ray.tune.search.optuna import OptunaSearch
 from mixray import cluster, disk, logs, tracking
 from mixray.config import SweepConfig
 from mixray.evaluate.stage import evaluate_model
+from mixray.invocation import trial_dir
 from mixray.mix.stage import run_mix
 from mixray.resources import TRIAL_CPU, max_concurrent_trials
 from mixray.search import Domain, Trial, trial_name
@@ -74,7 +75,7 @@ def run_trial(trial: Trial, ctx: SweepContext) -> dict[str, float]:
     the wall time of each part (benchmarks/sweep.py reads them)."""
     started = time.perf_counter()
     cfg = ctx.cfg.for_trial(trial.student, trial.params)
-    out = cfg.run_root_path / "trials" / ctx.invocation / trial.name
+    out = trial_dir(cfg.run_root_path, ctx.invocation, trial.name)
     out.mkdir(parents=True, exist_ok=True)
     run_id = tracking.start_child(cfg, ctx.parent_run_id, trial)
     try:

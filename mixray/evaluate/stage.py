@@ -14,6 +14,8 @@ What lands in ``out_dir``:
   judge_inputs.parquet        the judge's prompts, when a judge is configured
   samples.parquet             per sample: problem, gold, completion, extracted answer, correct...
   metrics.json                per benchmark, the average over benchmarks, the flat metrics
+  scores.json                 per benchmark, each problem's fraction of samples correct, in
+                              problem order: what paired comparisons between trials pair on
   sample_completions.json     a few completions per benchmark (MLflow's table format)
 
 Hub benchmarks are read through ``<root>/datasets`` (`HUB_CACHE_DIR`): `fetch_benchmarks` reads
@@ -67,6 +69,7 @@ SAMPLE_SCHEMA = pa.schema([
 TABLE_COLUMNS = ("benchmark", "problem_id", "problem", "answer", "completion", "extracted",
                  "correct", "judge", "finish_reason", "n_tokens")
 TABLE_TEXT_CHARS = {"problem": 1000, "completion": 4000}  # keep the artifact readable
+SCORES_FILE = "scores.json"  # mixray.significance.Scores.to_json
 
 
 def load_benchmarks(cfg: EvaluateConfig, heldout: Path | None = None,
@@ -175,6 +178,7 @@ def run_evaluation(
               "benchmarks": per_benchmark, "average": average, "metrics": flat,
               "generations": str(gen.path), "generation": gen_stats}
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    (out_dir / SCORES_FILE).write_text(json.dumps(problem_scores(samples, benchmarks)))
     (out_dir / "sample_completions.json").write_text(
         json.dumps(sample_table(samples, benchmarks, cfg.samples_to_log), indent=2))
     for name, m in per_benchmark.items():
@@ -298,6 +302,18 @@ def _judge(samples: list[dict[str, Any]], formats: dict[str, AnswerFormat], cfg:
     verdicts = {r["problem_id"]: parse_verdict(r["completion"]) if r["error"] is None
                 else "undecided" for r in pq.read_table(stage.path / "data").to_pylist()}
     apply_verdicts(candidates, verdicts)
+
+
+def problem_scores(samples: Sequence[dict[str, Any]], benchmarks: Sequence[LoadedBenchmark]
+                   ) -> dict[str, dict[str, list[float]]]:
+    """Each benchmark's per-problem fraction of samples correct, in the benchmark's own order:
+    every trial of a sweep answers the same problems in that order, so two trials' lists pair
+    problem by problem (mixray.significance.Scores)."""
+    correct: dict[str, list[int]] = {}
+    for s in samples:
+        correct.setdefault(s["gen_pid"], []).append(bool(s["correct"]))
+    return {"benchmarks": {b.name: [sum(c) / len(c) for c in (
+        correct[f"{b.name}/{i}"] for i in range(len(b.rows)))] for b in benchmarks}}
 
 
 def _benchmark_summary(b: LoadedBenchmark, samples: Sequence[dict[str, Any]], ks: Sequence[int],

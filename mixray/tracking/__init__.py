@@ -153,6 +153,10 @@ def log_baseline(cfg: SweepConfig, parent_id: str, student: str, metrics: dict[s
         "stderr": metrics.get("eval_accuracy_stderr")}, folder)
 
 
+def tag_parent(cfg: SweepConfig, parent_id: str, key: str, value: str) -> None:
+    client(cfg).set_tag(parent_id, key, value[:MAX_PARAM_CHARS])
+
+
 def end_parent(cfg: SweepConfig, run_id: str, status: str) -> None:
     assert status in ("FINISHED", "FAILED", "KILLED"), status
     client(cfg).set_terminated(run_id, status)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mixray.sweep import format_summary
+from mixray.summary import format_summary
 
 TOLERANCE = 0.25
 

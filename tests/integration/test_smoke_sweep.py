@@ -95,7 +95,7 @@ def test_finished_trials_keep_only_their_student(smoke_sweep) -> None:
     from transformers import AutoModelForCausalLM
 
     from mixray.disk import tree_size
-    from mixray.sweep import format_summary
+    from mixray.summary import format_summary
 
     cfg, first, _ = smoke_sweep
     for trial in first["trials"]:

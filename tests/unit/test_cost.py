@@ -19,7 +19,8 @@ import yaml
 from mixray.config import load_sweep
 from mixray.cost import estimate, interpolate, params_b, train_rate
 from mixray.cost_actual import format_comparison, row_lengths, steady_rate, trained
-from mixray.sweep import format_summary, main
+from mixray.summary import format_summary
+from mixray.sweep import main
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "sweeps" / "smoke.yaml"

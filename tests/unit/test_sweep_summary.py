@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from mixray.config import load_sweep
-from mixray.sweep import format_summary
+from mixray.summary import format_summary
 
 SMOKE = Path(__file__).parents[2] / "sweeps" / "smoke.yaml"
 
@@ -21,7 +21,8 @@ def _trial(name: str, student: str, share: float, **metrics) -> dict:
     return {"trial": name, "student": student, "params": {"long_share": share},
             "long_share": share, "resumed": False, "error": None, "stopped_early": False,
             "mix_rows": 48, "mix_pools_ran_dry": 0, "train_loss": 1.5, "eval_accuracy": 0.25,
-            "eval_accuracy_stderr": 0.05} | metrics
+            "eval_accuracy_stderr": 0.05} | metrics | {
+                "value": metrics.get("eval_accuracy", 0.25)}  # search.metric: eval_accuracy
 
 
 def test_summary_shows_unknown_errors_and_pools_that_ran_dry() -> None:
@@ -43,7 +44,7 @@ def test_summary_shows_unknown_errors_and_pools_that_ran_dry() -> None:
 def test_gaps_come_from_the_trials_the_sweep_holds() -> None:
     """ΔLong = P(long only) - P(short only), and the best mix against the best single source,
     over finished trials only: a failed trial and one stopped early never count."""
-    from mixray.sweep import gap_metrics, sweep_gaps
+    from mixray.sweep import gap_metrics, sweep_findings
 
     cfg = load_sweep(SMOKE, [])
     student = cfg.students[0]
@@ -54,10 +55,12 @@ def test_gaps_come_from_the_trials_the_sweep_holds() -> None:
             _trial("stopped", student, 0.8, eval_accuracy=0.90, stopped_early=True)]
     for row in rows:  # the search's own key, as SweepConfig.trials() names it
         row["params"] = {"mix.long_share": row["long_share"]}
-    (gap,) = sweep_gaps(cfg, rows)
+    found = sweep_findings(cfg, "no-such-invocation", rows, baselines={})
+    (gap,) = found.gaps
     assert (gap.gap_name, gap.pools) == ("ΔLong", ("long", "short"))
     assert math.isclose(gap.gap, 0.20 - 0.30) and math.isclose(gap.best_single, 0.30)
     assert gap.best_mix.share == 0.2 and math.isclose(gap.mix_gain, 0.45 - 0.30)
-    logged = gap_metrics([gap])
+    assert gap.gap_test is None  # no per-problem scores on disk: no interval, none made up
+    logged = gap_metrics(found)
     assert math.isclose(logged[f"{student}/long_vs_short/gap"], -0.10)
     assert logged[f"{student}/long_vs_short/best_mix_share"] == 0.2
