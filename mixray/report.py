@@ -11,11 +11,17 @@ writes ``index.html`` (self-contained apart from the PNG figures next to it) and
 (c) schedules compared, when trials carry a ``schedule`` param;
 (d) per-benchmark accuracy, when ``eval.<benchmark>.accuracy`` metrics exist;
 (e) the data card: pool sizes and token lengths (parent ``curate.*`` metrics, trial data cards);
-(f) every trial with its status. Trials that did not finish are listed but left out of (a)-(d).
+(f) every trial with its status. Trials that did not finish are listed but left out of (a)-(d);
+(g) each point against its student's base model (evaluated before fine-tuning), and the power:
+    the smallest difference the evaluation could detect, and the problems a named one needs;
+(h) the next mix: `mixray.propose`'s predicted best share per curve, with its interval.
+
+Differences in (a) and (g) carry a paired interval over the same problems (and seeds) and a
+significance mark; "best" is the sweep's `search.metric` and `mode`.
 
 The MLflow layout it reads is the one ``mixray.tracking`` writes: a parent run per invocation
 (tag ``mixray.kind=sweep``) and a child run per trial (tag ``mlflow.parentRunId``). This module
-is the driver: `mixray.tracking` reads the runs, `mixray.analysis` computes the gaps and curves,
+is the driver: `mixray.tracking.records` reads the runs, `mixray.analysis` computes the gaps and curves,
 `mixray.report_figures` draws and `mixray.report_html` renders.
 """
 
@@ -24,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -32,21 +37,32 @@ from pathlib import Path
 from typing import Any
 
 from mixray import logs
-from mixray.analysis import GapRow, Point, SweepRecord, curve_points, gap_rows
+from mixray.analysis import Findings, SweepRecord, record_findings
+from mixray.propose import describe, propose
 from mixray.report_figures import make_figures
-from mixray.report_html import render_html
+from mixray.report_html import render_html, section_proposals
 from mixray.store import default_tracking_uri
-from mixray.tracking import load_sweep_record
+from mixray.tracking.records import add_invocation_arguments, load_sweep_record
 
 log = logging.getLogger(__name__)
 
 
-def _summary(rec: SweepRecord, points: Sequence[Point], gaps: Sequence[GapRow]) -> dict[str, Any]:
-    trials = [{k: v for k, v in asdict(t).items() if k not in ("loss_curve", "data_card")}
+def _summary(rec: SweepRecord, found: Findings) -> dict[str, Any]:
+    trials = [{k: v for k, v in asdict(t).items() if k not in ("loss_curve", "data_card",
+                                                                "scores")}
               for t in rec.trials]
+    points = [{k: v for k, v in asdict(p).items() if k != "scores"} for p in found.points]
+    gaps = [asdict(g) | {"best_mix": points[found.points.index(g.best_mix)]
+                         if g.best_mix else None} for g in found.gaps]
+    gains = [{"student": g.point.student, "share": g.point.share, "point": g.point.point,
+              "base": g.base, "gain": g.gain, "test": asdict(g.test) if g.test else None}
+             for g in found.gains]
     return {"experiment": rec.experiment, "parent_id": rec.parent_id, "teachers": rec.teachers,
-            "curate": rec.curate, "gaps": [asdict(g) for g in gaps],
-            "curve": [asdict(p) for p in points], "trials": trials}
+            "curate": rec.curate, "metric": rec.metric, "mode": rec.mode, "gaps": gaps,
+            "curve": points, "gains": gains,
+            "baselines": {k: {"accuracy": b.accuracy, "stderr": b.stderr}
+                          for k, b in rec.baselines.items()},
+            "power": asdict(found.power) if found.power else None, "trials": trials}
 
 
 def default_out(experiment: str, parent_id: str) -> Path:
@@ -61,12 +77,13 @@ def write_report(experiment: str, tracking_uri: str | None = None,
     rec = load_sweep_record(experiment, uri, parent_id)
     out_dir = Path(out) if out is not None else default_out(experiment, rec.parent_id)
     out_dir.mkdir(parents=True, exist_ok=True)
-    points = curve_points(rec.trials)
-    gaps = gap_rows(points)
-    figures = make_figures(rec, points, gaps, out_dir)
-    (out_dir / "summary.json").write_text(json.dumps(_summary(rec, points, gaps), indent=2))
+    found = record_findings(rec)
+    figures = make_figures(rec, found.points, found.gaps, out_dir)
+    (out_dir / "summary.json").write_text(json.dumps(_summary(rec, found), indent=2))
     index = out_dir / "index.html"
-    index.write_text(render_html(rec, points, gaps, figures), encoding="utf-8")
+    proposals = [describe(p) for p in propose(found.points)]
+    index.write_text(render_html(rec, found, figures, [section_proposals(proposals)]),
+                     encoding="utf-8")
     log.info("report: wrote %s", index)
     return index
 
@@ -75,15 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mixray.report",
         description="Learnability-gap tables and Mix Distillation plots of one sweep, from MLflow.")
-    parser.add_argument("--experiment", required=True, help="MLflow experiment (the sweep name).")
-    parser.add_argument("--tracking-uri", default=default_tracking_uri(),
-                        help="MLflow tracking URI (default: %(default)s).")
-    parser.add_argument("--parent", default=None,
-                        help="Parent run id of the invocation (default: the latest one).")
+    add_invocation_arguments(parser)
     parser.add_argument("--out", default=None,
                         help="Output folder (default: runs/reports/<experiment>/<parent id>/).")
     args = parser.parse_args(argv)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per trial
     logs.configure()
     try:
         index = write_report(args.experiment, args.tracking_uri, args.parent, args.out)
