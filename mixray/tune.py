@@ -278,7 +278,9 @@ def _optuna_search(cfg: SweepConfig, finished: list[Finished]) -> OptunaSearch:
     told = [d for d in finished if d.metrics.get(s.metric) is not None]
     points = [{f"p{i}": _encode(dom, d.params[key]) for i, (key, dom) in enumerate(axes)}
               for d in told]
-    return _FinalMetricOptuna(metric=s.metric, mode=s.mode, seed=s.seed,
+    # TPE's first 10 points are random draws from its seed, whatever it was told: seeded as the
+    # first run was, a resumed study would propose the very points it was just told again.
+    return _FinalMetricOptuna(metric=s.metric, mode=s.mode, seed=s.seed + len(told),
                         points_to_evaluate=points or None,
                         evaluated_rewards=[d.metrics[s.metric] for d in told] or None)
 

@@ -152,3 +152,25 @@ def test_a_whole_section_varies_keys_that_belong_together() -> None:
     assert first.mix.pools == {"long": 1.0, "short": 0.0} and first.mix.long_pool == "long"
     assert second.mix.long_pool == "large" and second.mix.long_share == 1.0
     assert cfg.mix.seed == 7 and first.mix.seed == 0  # a value replaces the section, defaults fill in
+
+
+def test_a_resumed_optuna_study_does_not_propose_a_finished_point_again() -> None:
+    """TPE's first points are random draws from its seed: a resumed study seeded like the first
+    run re-proposed the very point it had just been told (found end to end: every trial of a
+    resumed sweep ran at long_share 0.5488)."""
+    from mixray import tune as mixray_tune
+    from mixray.tracking import Finished
+
+    cfg = load_sweep(SMOKE, ["search.algorithm=optuna", "search.num_samples=2",
+                             "search.long_share=null",
+                             "search.space={mix.long_share: {uniform: [0.0, 1.0]}}"])
+    space = {"p0": mixray_tune._tune_domain(cfg.search.space["mix.long_share"])}
+
+    def first_proposal(finished):
+        search = mixray_tune._optuna_search(cfg, finished)
+        search.set_search_properties(cfg.search.metric, cfg.search.mode, space)  # as Tune does
+        return search.suggest("t0")
+
+    point = first_proposal([])  # what the interrupted run's first trial ran
+    told = Finished("tiny-random", {"mix.long_share": point["p0"]}, {"eval_accuracy": 0.0})
+    assert first_proposal([told]) != point
