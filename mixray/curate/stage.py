@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mixray import metrics
 from mixray.artifacts import StageDir
 from mixray.curate.config import CurateConfig
 from mixray.grading.grade import score_completion
@@ -82,6 +83,13 @@ def stats(scored: pa.Table) -> dict[str, float]:
     }
 
 
+def _teacher(table: pa.Table) -> str:
+    """The label generation wrote in every row of its output (its job's); "" when absent."""
+    if "teacher" not in table.column_names or table.num_rows == 0:
+        return ""
+    return str(table["teacher"][0].as_py())
+
+
 def curate_stage(generation: StageDir, cfg: CurateConfig, run_root: Path) -> StageDir:
     spec = {"version": CURATION_VERSION, "generation": generation.key,
             "verifier": VERIFIER_VERSION, "keep": cfg.keep}
@@ -104,6 +112,7 @@ def curate(
     pq.write_table(pool, tmp / "pool.parquet")
     (tmp / "stats.json").write_text(json.dumps(s, indent=2))
     stage.commit(tmp)
+    metrics.record_curation(_teacher(scored), rows=s["rows"], accepted=s["accepted"])
     log.info("curate: %d of %d rows correct (%.0f%%), pool keeps %d", s["accepted"], s["rows"],
              100 * s["acceptance_rate"], pool.num_rows)
     return stage, s, False

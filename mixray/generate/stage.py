@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from mixray import cluster
+from mixray import cluster, metrics
 from mixray.artifacts import StageDir
 from mixray.generate.config import STYLE_SYSTEM, ModelRun, TeacherConfig  # noqa: F401 (re-export)
 from mixray.generate.engine import Completion, Messages, row_seed
@@ -224,12 +224,14 @@ def run_generation(job: GenerationJob, problems_path: Path, out_dir: Path) -> di
         tmp = out_dir / f".part-{run}-{i:05d}.tmp"
         pq.write_table(part, tmp)
         os.replace(tmp, out_dir / f"part-{run}-{i:05d}.parquet")
-        new += part.num_rows
-        tokens += int(pc.sum(part["n_tokens"]).as_py() or 0)
-        errors += part.num_rows - part["error"].null_count
+        part_tokens, part_errors = _record_part(job.label, part)
+        new, tokens, errors = new + part.num_rows, tokens + part_tokens, errors + part_errors
         elapsed = time.perf_counter() - start
+        metrics.set_generation_progress(job.label, done=len(done) + new, total=rows.num_rows,
+                                        tokens_per_s=tokens / elapsed)
         log.info("generate[%s]: %d/%d rows, %.1f tok/s, ETA %.0f s", job.label, len(done) + new,
-                 rows.num_rows, tokens / elapsed, elapsed / new * (todo.num_rows - new))
+                 rows.num_rows, tokens / elapsed, elapsed / new * (todo.num_rows - new),
+                 extra={"live": f"generate[{job.label}]"})  # one line per stage on a console
     seconds = time.perf_counter() - start
     assert new == todo.num_rows, f"generated {new} rows for {todo.num_rows} pending rows"
     log.info("generate[%s]: %d new rows (%d resumed, %d retried, %d failed), %d tokens in "
@@ -245,6 +247,17 @@ def run_generation(job: GenerationJob, problems_path: Path, out_dir: Path) -> di
             "error_rate": round(failed / max(total, 1), 4), "tokens": tokens,
             "problems": problems.num_rows, "samples_per_problem": job.sampling.n,
             "seconds": round(seconds, 1), "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
+
+
+def _record_part(label: str, part: pa.Table) -> tuple[int, int]:
+    """A written part's (tokens, failed rows); its rows, failed and truncated rows and tokens go
+    to the metrics (`mixray.metrics`) too."""
+    tokens = int(pc.sum(part["n_tokens"]).as_py() or 0)
+    failed = part.num_rows - part["error"].null_count
+    truncated = int(pc.sum(pc.equal(part["finish_reason"], "length")).as_py() or 0)
+    metrics.record_generation(label, rows=part.num_rows, failed=failed, truncated=truncated,
+                              tokens=tokens)
+    return tokens, failed
 
 
 def _stream(job: GenerationJob, rows: pa.Table) -> Iterator[pa.Table]:

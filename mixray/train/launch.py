@@ -5,7 +5,8 @@ ones); without, everything is gloo on CPU.
 
 `RayReporter` is the loop's `Reporter` here: metrics and checkpoints go to `ray.train.report`
 (metrics at most once per controller poll, see REPORT_INTERVAL_S), and a restarted worker group
-resumes from `ray.train.get_checkpoint()`.
+resumes from `ray.train.get_checkpoint()`. Every step's metrics also go to Prometheus through
+`mixray.metrics` (rank 0), tagged with the student and trial of the process that launched the run.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from mixray import cluster
+from mixray import cluster, metrics
 from mixray.disk import human_size, remove
 from mixray.train.args import LoopArgs
 from mixray.train.config import TrainConfig
@@ -49,12 +50,15 @@ class RayReporter:
 
     `always`: steps whose metrics go whatever the interval, the rungs where a Tune scheduler
     judges a trial (ASHA only sees the steps it is sent: with the interval alone, a fast loop
-    reported steps 1 and 8 of 8 and was "stopped early" at its end)."""
+    reported steps 1 and 8 of 8 and was "stopped early" at its end). `tags`: the launching
+    trial's `metrics.context()`, on every step's metrics (`metrics.record_train_step`)."""
 
     def __init__(self, interval_s: float = REPORT_INTERVAL_S,
-                 always: frozenset[int] = frozenset()) -> None:
+                 always: frozenset[int] = frozenset(),
+                 tags: dict[str, str] | None = None) -> None:
         self.interval_s = interval_s
         self.always = always
+        self.tags = tags or {}
         self._last = -math.inf
 
     @contextmanager
@@ -66,11 +70,13 @@ class RayReporter:
         with checkpoint.as_directory() as d:
             yield Path(d)
 
-    def report(self, metrics: dict, checkpoint: Path | None = None) -> None:
-        if checkpoint is None and metrics["step"] not in self.always and not self._due():
+    def report(self, step_metrics: dict, checkpoint: Path | None = None) -> None:
+        if dist.get_rank() == 0:  # the metrics are global: one rank's series holds them all
+            metrics.record_train_step(self.tags, step_metrics)
+        if checkpoint is None and step_metrics["step"] not in self.always and not self._due():
             return
         self._last = time.monotonic()
-        ray.train.report(metrics, checkpoint=None if checkpoint is None
+        ray.train.report(step_metrics, checkpoint=None if checkpoint is None
                          else ray.train.Checkpoint.from_directory(checkpoint))
 
     def _due(self) -> bool:
@@ -88,7 +94,8 @@ WrapReporter = Callable[[Reporter], Reporter]
 def train_loop_per_worker(config: dict) -> None:
     """What each TorchTrainer worker runs: the loop, reporting to Ray Train."""
     args: LoopArgs = config["args"]
-    reporter: Reporter = RayReporter(always=frozenset(args.eval_steps))
+    reporter: Reporter = RayReporter(always=frozenset(args.eval_steps),
+                                     tags=config.get("metric_tags"))
     if config["wrap_reporter"] is not None:
         reporter = config["wrap_reporter"](reporter)
     train(args, reporter)
@@ -135,7 +142,9 @@ def train_student(
     trainer = TorchTrainer(
         train_loop_per_worker,
         # Ray pickles the config to the workers: the TrainConfig inside args goes whole
-        train_loop_config={"args": args, "wrap_reporter": wrap_reporter},
+        # metric_tags: this process's (a trial's) student and trial, for the workers' metrics
+        train_loop_config={"args": args, "wrap_reporter": wrap_reporter,
+                           "metric_tags": metrics.context()},
         # NCCL only takes CUDA tensors; the loop's step counts and report votes are CPU ones
         torch_config=TorchConfig(backend="cpu:gloo,cuda:nccl" if gpus_per_worker else "gloo"),
         scaling_config=ScalingConfig(
