@@ -179,6 +179,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
         # the parent's upstream.json artifact is a JSON document: plain dicts at this boundary
         inv.parent_run_id = tracking.start_parent(cfg, {"curate": up.curate,
                                                         "stages": up.stages})
+        tracking.log_upstream_inputs(cfg, inv.parent_run_id, up.problems.path, up.pools)
         inv.save("running")
     t0 = time.perf_counter()
     baselines = evaluate_baselines(cfg, up.paths, up.problems.path / "eval.parquet",

@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,7 @@ ATTEMPTS_TAG = "mixray.attempts"  # how many times a trial started (node losses,
 PARAMS_TAG = "mixray.params"  # the trial's search values as JSON (Optuna is told them on resume)
 SUMMARY_METRICS = ("mix_rows", "mix_pools_ran_dry", "train_loss", "eval_accuracy",
                    "eval_accuracy_stderr", "eval_tokens_mean")
+SYSTEM_METRICS_S = 5  # a smoke trial lasts ~30 s: a few samples; a GPU trial, thousands
 MAX_PARAM_CHARS = 500  # MLflow's limit is 6000; long values are shortened, not refused
 DEFAULT_POOLS = ("long", "short")  # mix.long_pool / mix.short_pool when a run did not log them
 BENCH_RE = re.compile(r"^eval\.(.+)\.accuracy$")
@@ -185,6 +189,43 @@ def reopen_parent(cfg: SweepConfig, parent_id: str) -> dict[str, Finished]:
 def _step_metrics(history: list[dict]) -> list[Metric]:
     return [Metric(k, float(v), 0, int(h["step"])) for h in history for k, v in h.items()
             if k != "step"]
+
+
+def log_upstream_inputs(cfg: SweepConfig, parent_id: str, problems: Path,
+                        pools: dict[str, Path]) -> None:
+    """The sweep's problems (train, eval) and each teacher's pool as the parent's dataset
+    inputs, each digested by the key of the stage that wrote it."""
+    from mixray.tracking.datasets import dataset_input, log_datasets
+
+    inputs = [dataset_input(f"problems/{split}", problems / f"{split}.parquet", problems.name,
+                            f"{split} problems") for split in ("train", "eval")]
+    inputs += [dataset_input(f"pool/{label}", path, path.parent.name, "teacher pool")
+               for label, path in pools.items()]
+    log_datasets(client(cfg), parent_id, inputs)
+
+
+def log_mix_input(cfg: SweepConfig, run_id: str, manifest: Path, content_hash: str) -> None:
+    """A trial's mix manifest as its training dataset (digest: the manifest's content hash)."""
+    from mixray.tracking.datasets import dataset_input, log_datasets
+
+    log_datasets(client(cfg), run_id, [dataset_input("mix", manifest, content_hash, "training")])
+
+
+@contextmanager
+def system_metrics(cfg: SweepConfig, run_id: str) -> Iterator[None]:
+    """MLflow's system metrics (CPU, memory, disk, network; GPU where there is one) of the node
+    a trial runs on, every SYSTEM_METRICS_S, as ``system/<node>/...`` of its run. A trial run
+    again (a lost node, --resume) continues the steps where its last attempt left them."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_S,
+                                   node_id=socket.gethostname(), resume_logging=True,
+                                   tracking_uri=cfg.tracking_uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
 
 
 def start_child(cfg: SweepConfig, parent_id: str, trial: search.Trial) -> str:

@@ -162,6 +162,9 @@ def test_mlflow_ui_shows_the_trial_runs_and_their_metrics(smoke_sweep, mlflow_ui
         expect(page.get_by_text(f"Metrics ({len(run.data.metrics)})")).to_be_visible()
         expect(page.get_by_text("eval_accuracy", exact=True)).to_be_visible()
         expect(page.get_by_text(run.info.run_name, exact=True).first).to_be_visible()
+        # its training data: the mix manifest as a dataset input, named with its digest
+        (mix,) = run.inputs.dataset_inputs
+        expect(page.get_by_text(mix.dataset.digest).first).to_be_visible()
         _screenshot(page, f"mlflow-run-{run.info.run_name}", capsys)
         shown = _metrics_table(page.inner_text("body"))
         assert {"train_loss", "eval_accuracy"} <= shown.keys()

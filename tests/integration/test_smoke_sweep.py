@@ -37,6 +37,32 @@ def test_parent_run_has_one_finished_child_per_trial(smoke_sweep) -> None:
         assert [m.step for m in steps] == list(range(1, cfg.train.max_steps + 1))
 
 
+def test_runs_link_their_datasets_and_record_system_metrics(smoke_sweep) -> None:
+    """MLflow's dataset view: each trial's mix manifest (digest = its content hash, as in its
+    data card), the parent's problems and pools; and the trial's node's CPU and memory."""
+    cfg, first, _ = smoke_sweep
+    client = MlflowClient(tracking_uri=cfg.tracking_uri)
+    parent = client.get_run(first["mlflow"]["parent_run_id"])
+    names = {d.dataset.name: d for d in parent.inputs.dataset_inputs}
+    assert set(names) == {"problems/train", "problems/eval", "pool/long", "pool/short"}
+    assert names["problems/eval"].tags[0].value == "eval problems"
+    assert json_profile(names["problems/eval"])["num_rows"] == cfg.problems.eval_size
+    for child in _children(cfg, parent.info.run_id):
+        (mix,) = child.inputs.dataset_inputs
+        assert mix.dataset.name == "mix" and mix.tags[0].value == "training"
+        assert mix.dataset.digest == child.data.tags["mixray.manifest_hash"]
+        assert json_profile(mix)["num_rows"] == child.data.metrics["mix_rows"]
+        system = [k for k in child.data.metrics if k.startswith("system/")]
+        assert any(k.endswith("cpu_utilization_percentage") for k in system), system
+        assert any(k.endswith("system_memory_usage_megabytes") for k in system), system
+
+
+def json_profile(dataset_input) -> dict:
+    import json
+
+    return json.loads(dataset_input.dataset.profile)
+
+
 def test_trials_in_the_summary(smoke_sweep) -> None:
     cfg, first, _ = smoke_sweep
     assert len(first["trials"]) == 2

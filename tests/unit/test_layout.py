@@ -40,7 +40,7 @@ def test_only_tracking_imports_mlflow() -> None:
     would drift from what it writes."""
     importers = sorted(str(p.relative_to(REPO)) for p in (REPO / "mixray").rglob("*.py")
                        if _imports_mlflow(p))
-    assert importers == ["mixray/tracking/__init__.py", "mixray/tracking/records.py"]
+    assert all(i.startswith("mixray/tracking/") for i in importers), importers
 
 
 def _imported_modules(path: Path) -> set[str]:
