@@ -205,6 +205,9 @@ def test_paper_mix_runs_end_to_end_on_the_autoscaling_cluster(local_cluster) -> 
     assert {r.info.status for r in trials} == {"FINISHED"}
     assert all("eval_accuracy" in r.data.metrics for r in trials)
     assert {r.data.tags.get("mlflow.parentRunId") for r in trials} == {parents[0].info.run_id}
+    # each student's baseline, evaluated on the evaluation nodes before any training
+    assert {f"baseline/{Path(s).name}/eval_accuracy" for s in cfg.students} <= set(
+        parents[0].data.metrics)
 
     # Every model folder a worker was handed lies in the run root (nodes share nothing else).
     handed = [json.loads(p.read_text())["model_path"]
