@@ -12,6 +12,7 @@ from typing import Any
 from mixray import cost_actual, disk
 from mixray.analysis import Power, power_line
 from mixray.config import SweepConfig
+from mixray.console import tail
 from mixray.upstream import format_stages
 
 
@@ -32,9 +33,9 @@ def _params_text(params: dict[str, Any]) -> str:
     return " ".join(value_token(k, v) for k, v in params.items()) or "-"
 
 
-def format_summary(cfg: SweepConfig, summary: dict[str, Any]) -> str:
-    """Per student: trials (search values -> metrics), the best one, the gaps; then where to
-    look."""
+def format_summary(cfg: SweepConfig, summary: dict[str, Any], log: Path | None = None) -> str:
+    """Per student: trials (search values -> metrics), the best one, the gaps; each failed
+    trial's last error lines and where its whole output is (``log``); then where to look."""
     blocks = []
     for student in cfg.students:
         trials = [t for t in summary["trials"] if t["student"] == student]
@@ -54,6 +55,7 @@ def format_summary(cfg: SweepConfig, summary: dict[str, Any]) -> str:
             lines.append(f"  pools ran dry (the others filled in) in {', '.join(dry)}: see "
                          "ran_dry in their data_card.json, or set mix.on_pool_exhausted: error")
         lines += _science(cfg, summary, student, trials)
+        lines += _failures(trials, log)
         blocks.append("\n".join(lines))
     if summary.get("power"):
         blocks.append(power_line(Power(**summary["power"]), cfg.analysis))
@@ -75,10 +77,22 @@ def format_summary(cfg: SweepConfig, summary: dict[str, Any]) -> str:
             f"--experiment {cfg.experiment} --tracking-uri {store}\n")
 
 
-def _best(cfg: SweepConfig, trials: list[dict[str, Any]]) -> dict[str, Any] | None:
-    scored = [t for t in trials if t.get("value") is not None and t["error"] is None]
+def _best(cfg: SweepConfig, summary: dict[str, Any], student: str,
+          trials: list[dict[str, Any]]) -> str | None:
+    """The best by search.metric/mode: the best point (the mean over its seeds) where seeds
+    repeat the points, else the best trial."""
     pick = max if cfg.search.mode == "max" else min
-    return pick(scored, key=lambda t: t["value"]) if scored else None
+    points = [p for p in summary.get("points", []) if p["student"] == student
+              and p.get("value") is not None]
+    if any(p["n"] > 1 for p in points):
+        b = pick(points, key=lambda p: p["value"])
+        where = f"long share {b['share']:g}" + (f" {b['point']}" if b["point"] else "")
+        return f"{where} (mean over {b['n']} seeds), {b['value']:.4g}"
+    scored = [t for t in trials if t.get("value") is not None and t["error"] is None]
+    if not scored:
+        return None
+    t = pick(scored, key=lambda t: t["value"])
+    return f"{t['trial']} ({_params_text(t['params'])}), {t['value']:.4g}"
 
 
 def _interval(test: dict[str, Any] | None) -> str:
@@ -107,9 +121,8 @@ def _science(cfg: SweepConfig, summary: dict[str, Any], student: str,
                 f"over {p['n']} seeds {p['accuracy']:.3f} ± {_fmt(p['stderr'], '.3f')} (seeds "
                 f"± {_fmt(p['seed_stderr'], '.3f')}, evaluation ± "
                 f"{_fmt(p['sampling_stderr'], '.3f')})")
-    if (best := _best(cfg, trials)) is not None:
-        lines.append(f"  best by {cfg.search.metric} ({cfg.search.mode}): {best['trial']} "
-                     f"({_params_text(best['params'])}), {best['value']:.4g}")
+    if (best := _best(cfg, summary, student, trials)) is not None:
+        lines.append(f"  best by {cfg.search.metric} ({cfg.search.mode}): {best}")
     level = f"{cfg.analysis.level:.0%}"
     for g in summary["gaps"]:
         if g["student"] == student and (g["gap"], g["best_mix_gain"]) != (None, None):
@@ -121,4 +134,17 @@ def _science(cfg: SweepConfig, summary: dict[str, Any], student: str,
     if any(g["student"] == student and (g["gap_test"] or g["best_mix_test"])
            for g in summary["gaps"]):
         lines.append(f"  [{level} paired interval over problems and seeds]; * excludes 0")
+    return lines
+
+
+def _failures(trials: list[dict[str, Any]], log: Path | None) -> list[str]:
+    """A failed trial's last error lines, and where its whole output is."""
+    lines = []
+    for t in trials:
+        if t["error"] and t["error"] not in ("did not run", "did not finish"):
+            last = tail(t["error"]).replace("\n", "\n      ")
+            lines.append(f"  {t['trial']} failed:\n      {last}")
+    if lines:
+        where = log if log is not None else "the output above"
+        lines.append(f"  the whole error and the trial's output: {where}")
     return lines

@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mixray import cluster, cost_actual, disk, logs, runtime
+from mixray import cluster, console, cost_actual, disk, logs, runtime
 from mixray.config import SweepConfig, load_sweep
 from mixray.invocation import Invocation, trial_dir
 from mixray.plan import check_resources, plan
@@ -242,6 +242,38 @@ def _point_dict(p: Point) -> dict[str, Any]:
     return {k: v for k, v in asdict(p).items() if k != "scores"}
 
 
+def _run(cfg: SweepConfig, args: argparse.Namespace, log: Path | None) -> tuple[int, str]:
+    """Run the sweep as the CLI asked: (exit code, what to print: the summary or the error);
+    ``log``: where the rest of the output went (a failed trial's full traceback is there)."""
+    from mixray.generate.stage import GenerationFailed
+
+    start = time.perf_counter()
+    try:
+        # RAY_ADDRESS (set by `ray job submit`) makes this join that cluster; else a local one.
+        with runtime.connected():
+            if args.upstream_only:
+                timings: dict[str, float] = {}
+                stages = format_stages(prepare(cfg, timings)[1].stages)
+                return 0, stages + "\ntime: " + ", ".join(f"{k} {v:.1f}s"
+                                                          for k, v in timings.items())
+            summary = run_sweep(cfg, resume=args.resume)
+    except ValueError as e:  # a mistake found once Ray is up: resources, --resume, empty pools
+        return 2, f"error: {e}"
+    except GenerationFailed as e:  # too many failed rows: kept uncommitted, a rerun retries them
+        return 1, f"error: {e}"
+    except KeyboardInterrupt:
+        return 130, (f"\ninterrupted; continue with: python -m mixray.sweep {args.sweep} "
+                     "--resume")
+    return (0 if summary["status"] == "finished" else 1,
+            format_summary(cfg, summary, log)
+            + f"\nsweep {summary['status']} in {time.perf_counter() - start:.0f} s")
+
+
+def output_log(cfg: SweepConfig) -> Path:
+    """Where a quiet console sends Ray's, Tune's, DeepSpeed's and the workers' output."""
+    return cfg.run_root_path / "logs" / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mixray.sweep",
                                      description=__doc__.split("\n")[0])
@@ -255,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true",
                         help="continue the latest interrupted run of this sweep: same MLflow "
                         "parent, finished trials are not rerun")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's, Tune's, DeepSpeed's and the workers' output here too "
+                        "(by default it goes to a log file under the run root)")
     args = parser.parse_args(argv)
     logs.configure()
     try:
@@ -265,31 +300,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.dry_run:
         return 0
-    from mixray.generate.stage import GenerationFailed
-
-    start = time.perf_counter()
-    try:
-        # RAY_ADDRESS (set by `ray job submit`) makes this join that cluster; else a local one.
-        with runtime.connected():
-            if args.upstream_only:
-                timings: dict[str, float] = {}
-                print(format_stages(prepare(cfg, timings)[1].stages))
-                print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
-                return 0
-            summary = run_sweep(cfg, resume=args.resume)
-    except ValueError as e:  # a mistake found once Ray is up: resources, --resume, empty pools
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except GenerationFailed as e:  # too many failed rows: kept uncommitted, a rerun retries them
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: python -m mixray.sweep {args.sweep} --resume",
-              file=sys.stderr)
-        return 130
-    print(format_summary(cfg, summary))
-    print(f"sweep {summary['status']} in {time.perf_counter() - start:.0f} s")
-    return 0 if summary["status"] == "finished" else 1
+    if args.verbose:
+        code, text = _run(cfg, args, None)
+    else:
+        path = output_log(cfg)
+        print(f"output of Ray, Tune, DeepSpeed and the workers: {path} (--verbose: here)",
+              flush=True)
+        with console.redirected(path):
+            code, text = _run(cfg, args, path)
+            print(text)  # into the log as well
+    print(text, file=sys.stderr if text.startswith(("error:", "\ninterrupted")) else sys.stdout)
+    return code
 
 
 if __name__ == "__main__":

@@ -94,6 +94,14 @@ def test_job_submit_round_trip(head, smoke_sweep) -> None:
     logs = job("logs")
     assert status == "succeeded", logs[-3000:]
     assert "eval acc" in logs  # the end-of-sweep table reached the job's log
+    # The job's log is the sweep's console: mixray's lines and the summary; Ray's, Tune's and
+    # the workers' output went to the file it names (under the run root).
+    full = Path(re.search(r"output of Ray, Tune, DeepSpeed and the workers: (\S+)", logs)[1])
+    assert full.is_relative_to(run_root) and full.is_file()
+    output = full.read_text()
+    assert "trials: " in logs and "baseline tiny-random" in logs
+    for noise in ("Trial status:", "(RayTrainWorker pid=", "Reporting training result"):
+        assert noise not in logs and noise in output, noise
 
     cfg = load_sweep(REPO / "sweeps" / "smoke.yaml", [f"run_root={run_root}", "name=smoke-job"])
     client = MlflowClient(tracking_uri=cfg.tracking_uri)

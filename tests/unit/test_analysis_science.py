@@ -145,7 +145,7 @@ def test_the_summary_shows_base_seeds_intervals_and_power() -> None:
                "mlflow": {"parent_run_id": "p"}, "disk": {"run_root": "runs", "bytes": 0},
                "baselines": {student: {"accuracy": 0.25, "stderr": 0.05}},
                "points": [{"student": student, "share": 1.0, "point": "", "n": 2,
-                           "accuracy": 0.5, "stderr": 0.1, "seed_stderr": 0.05,
+                           "accuracy": 0.5, "value": 0.5, "stderr": 0.1, "seed_stderr": 0.05,
                            "sampling_stderr": 0.08}],
                "gaps": [{"student": student, "pools": ["long", "short"], "name": "ΔLong",
                          "gap": 0.1, "best_mix_gain": None, "best_mix_share": None,
@@ -156,7 +156,7 @@ def test_the_summary_shows_base_seeds_intervals_and_power() -> None:
     assert "base model (before fine-tuning): eval acc 0.250 ± 0.050" in text
     assert "mean over 2 seeds 0.500 ± 0.100 (seeds ± 0.050, evaluation ± 0.080)" in text
     assert "= +0.100 [+0.020, +0.180] *" in text
-    assert "best by eval_accuracy (max): t" in text
+    assert "best by eval_accuracy (max): long share 1 (mean over 2 seeds), 0.5" in text
     assert "differences below 0.300" in text and "about 900 problems" in text
 
 
