@@ -64,3 +64,19 @@ def test_gaps_come_from_the_trials_the_sweep_holds() -> None:
     logged = gap_metrics(found)
     assert math.isclose(logged[f"{student}/long_vs_short/gap"], -0.10)
     assert logged[f"{student}/long_vs_short/best_mix_share"] == 0.2
+
+
+def test_a_failed_trial_shows_its_last_error_lines_and_where_the_rest_is() -> None:
+    cfg = load_sweep(SMOKE, [])
+    student = cfg.students[0]
+    error = ("ray.exceptions.RayTaskError(OSError): ray::_grid_trainable()\n"
+             "Traceback (most recent call last):\n  File \"x.py\", line 3, in load\n"
+             "    open(weights)\nOSError: no weights in /models/broken\n")
+    text = format_summary(cfg, _summary([_trial("ok", student, 0.0),
+                                         _trial("bad", student, 0.5, error=error,
+                                                eval_accuracy=None)]),
+                          log=Path("/runs/logs/smoke-1.log"))
+    assert "  bad failed:\n" in text
+    assert "      open(weights)\n      OSError: no weights in /models/broken" in text
+    assert "the whole error and the trial's output: /runs/logs/smoke-1.log" in text
+    assert "ok failed" not in text
