@@ -134,6 +134,9 @@ def _metrics_table(page_text: str) -> dict[str, str]:
     rows: dict[str, str] = {}
     i = start + 3
     while i + 1 < len(lines) and not re.fullmatch(r"Parameters \(\d+\)", lines[i]):
+        if re.fullmatch(r"\w+ metrics \(\d+\)", lines[i]):  # a group: "System metrics (8)"
+            i += 1
+            continue
         rows[lines[i]] = lines[i + 1]
         i += 2
     return rows
