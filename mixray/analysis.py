@@ -24,7 +24,7 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from mixray.analysis_config import AnalysisConfig
@@ -123,6 +123,10 @@ class Point:
     seed_stderr: float | None = None  # None: one seed
     sampling_stderr: float | None = None
     scores: tuple[Scores, ...] = ()  # one per trial; () when one of them is unknown
+
+    def record(self) -> dict[str, Any]:
+        """The point as summary.json keeps it: everything but the per-problem scores."""
+        return {k: v for k, v in asdict(self).items() if k != "scores"}
 
 
 @dataclass(frozen=True)

@@ -176,13 +176,14 @@ def write_next_sweep(tracking_uri: str, parent_id: str, grid: Sequence[float],
     return path
 
 
-def describe(p: Proposal, metric: str = "eval_accuracy") -> str:
+def describe(p: Proposal) -> str:
+    """One proposal as a line (what is fitted is the eval accuracy)."""
     where = f"{p.pools[0]} vs {p.pools[1]}" + (f", schedule {p.schedule}" if p.schedule else "") \
         + (f", {p.point}" if p.point else "")
     interval = f" [{p.low:.2f}, {p.high:.2f}]" if p.low is not None and p.high is not None else ""
     how = "predicted" if p.method == QUADRATIC else "observed"
     value = ("" if p.predicted is None else
-             f", {how} {metric.removeprefix('eval_')} {p.predicted:.3f}")
+             f", {how} accuracy {p.predicted:.3f}")
     return (f"student {p.student} ({where}): best {p.pools[0]} share {p.best_share:.2f}{interval}"
             f" ({p.method} over {p.n_points} shares){value}")
 

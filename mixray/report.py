@@ -51,7 +51,7 @@ def _summary(rec: SweepRecord, found: Findings) -> dict[str, Any]:
     trials = [{k: v for k, v in asdict(t).items() if k not in ("loss_curve", "data_card",
                                                                 "scores")}
               for t in rec.trials]
-    points = [{k: v for k, v in asdict(p).items() if k != "scores"} for p in found.points]
+    points = [p.record() for p in found.points]
     gaps = [asdict(g) | {"best_mix": points[found.points.index(g.best_mix)]
                          if g.best_mix else None} for g in found.gaps]
     gains = [{"student": g.point.student, "share": g.point.share, "point": g.point.point,

@@ -29,7 +29,7 @@ from mixray.summary import format_summary
 from mixray.upstream import Upstream, format_stages, run_upstream
 
 if TYPE_CHECKING:  # imported where used: Ray, MLflow and the stages load slowly
-    from mixray.analysis import Baseline, Findings, GapRow, Point
+    from mixray.analysis import Baseline, Findings, GapRow
     from mixray.significance import Comparison
     from mixray.tracking import Finished
     from mixray.tune import Outcome
@@ -211,7 +211,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
                "gaps": [_gap_dict(g) for g in found.gaps],
                "baselines": {k: {"accuracy": b.accuracy, "stderr": b.stderr}
                              for k, b in baselines.items()},
-               "points": [_point_dict(p) for p in found.points],
+               "points": [p.record() for p in found.points],
                "power": asdict(found.power) if found.power else None, "timings_s": timings,
                "mlflow": {"tracking_uri": cfg.tracking_uri, "experiment": cfg.experiment,
                           "parent_run_id": inv.parent_run_id},
@@ -237,9 +237,6 @@ def _gap_dict(g: GapRow) -> dict[str, Any]:
             "best_mix_test": _test_dict(g.mix_test)}
 
 
-def _point_dict(p: Point) -> dict[str, Any]:
-    """A point of the curve: the mean over its seeds, the errors apart (no per-problem scores)."""
-    return {k: v for k, v in asdict(p).items() if k != "scores"}
 
 
 def _run(cfg: SweepConfig, args: argparse.Namespace, log: Path | None) -> tuple[int, str]:

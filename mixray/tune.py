@@ -41,10 +41,9 @@ from mixray.resources import TRIAL_CPU, max_concurrent_trials
 from mixray.search import Domain, Trial, trial_name
 from mixray.tracking import Finished
 from mixray.train.launch import keep_only_student, train_from_config
-from mixray.tune_metrics import TrialConsole, TrialStateMetrics
+from mixray.tune_metrics import COMPLETE, TrialConsole, TrialStateMetrics
 
 log = logging.getLogger(__name__)
-COMPLETE = "mixray_trial_complete"  # on a trial's last report only; absent: stopped early
 NOT_HISTORY = {*AUTO_RESULT_KEYS, "done", "trial_id", "checkpoint_path", "should_checkpoint",
                COMPLETE}
 

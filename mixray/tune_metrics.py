@@ -20,8 +20,8 @@ from ray.tune.experiment import Trial
 
 from mixray import metrics
 
-# The flag on a trial's last report only (mixray.tune.COMPLETE, which imports this module: the
-# name is repeated here rather than imported back; tests/unit/test_metrics.py checks they agree).
+# The flag on a trial's last report only (absent: stopped early). Defined here, where trial
+# states are read; mixray.tune, which sends it, imports it from here.
 COMPLETE = "mixray_trial_complete"
 log = logging.getLogger("mixray.tune")
 _STATUS = {Trial.PENDING: "pending", Trial.RUNNING: "running", Trial.PAUSED: "paused",
