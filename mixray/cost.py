@@ -1,5 +1,6 @@
 """The cost preview: what a sweep will generate, train and evaluate, in tokens, seconds and
-GPU-hours, before it runs (`estimate`; `--dry-run` prints `format_estimate` in the plan).
+GPU-hours, before it runs (`estimate`; `--dry-run` prints it in the plan, in the words of
+`mixray.cost_format`).
 
 Tokens: a teacher generates problems x sampling.n x the expected tokens per response; a trial
 trains on the rows it consumes (epochs x the mix's rows, or max_steps x the global batch) x the
@@ -27,6 +28,8 @@ from mixray import cost_config as d
 from mixray.config import SweepConfig
 from mixray.cost_config import Table, Throughput
 from mixray.generate.config import ModelRun
+from mixray.problems.config import DatasetSource
+from mixray.problems.datasets import read_local
 
 SIZE_RE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)([bBmM])(?![a-zA-Z])")  # 72B, 0.5B, 135m
 # Reasoning models write long CoT whatever they are asked (QwQ, DeepSeek-R1 and its distills).
@@ -190,8 +193,19 @@ def cot_style(cfg: SweepConfig, label: str) -> str:
 
 
 def train_problems(cfg: SweepConfig) -> int:
+    """problems.train_size; for `all`: cost.train_problems, else the rows of a local source
+    file (less the held-out problems carved out of it), else MATH's 7,500."""
     size = cfg.problems.train_size
-    return size if size != "all" else cfg.cost.train_problems or d.DEFAULT_TRAIN_PROBLEMS
+    if size != "all":
+        return size
+    if cfg.cost.train_problems:
+        return cfg.cost.train_problems
+    src = cfg.problems.source
+    if isinstance(src, DatasetSource) and Path(src.path).is_file():   # hub paths are 'hf:...'
+        carved = 0 if src.separate_eval else cfg.problems.eval_size
+        assert isinstance(carved, int), "validated: carving needs a count"
+        return max(0, len(read_local(Path(src.path))) - carved)
+    return d.DEFAULT_TRAIN_PROBLEMS
 
 
 def problem_chars(cfg: SweepConfig) -> float:
@@ -334,59 +348,3 @@ def estimate(cfg: SweepConfig) -> CostEstimate:
     # each student once before fine-tuning, on the trials' problems (mixray.baseline)
     baselines = {s: _evaluate(cfg.for_trial(s, {}), measured, 1) for s in cfg.students}
     return CostEstimate(generate, train, evaluate, notes, baselines)
-
-
-def human(n: float) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.3g}{unit}"
-    return f"{n:.0f}"
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "time unknown"
-    if seconds >= 5400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
-
-
-def about(seconds: float | None) -> str:
-    return "time unknown" if seconds is None else f"~{duration(seconds)}"
-
-
-def span(values: list[float], fmt: Any = human) -> str:
-    """One value, or the range of several, as `fmt` writes them."""
-    lo, hi = fmt(min(values)), fmt(max(values))
-    return lo if lo == hi else f"{lo}-{hi}"
-
-
-def _gpu_hours(hours: float, suffix: str = "") -> str:
-    return f", {hours:.3g} GPU-h{suffix}" if hours else ""
-
-
-def format_estimate(est: CostEstimate) -> list[str]:
-    """The plan's cost lines: per teacher, per trial (a range over trials), the total."""
-    head = ("cost     : estimated at mixray/cost_config.py's rates (the cost: section overrides "
-            "or calibrates them)")
-    lines = [head]
-    for label, c in est.generate.items():
-        lines.append(f"  generate {label}: {human(c.tokens)} tokens = {human(c.count)} "
-                     f"{c.unit} x {c.each:.0f}; {about(c.seconds)}{_gpu_hours(c.gpu_hours)}")
-    for stage, costs, what in (("train", est.train, "trial"), ("evaluate", est.evaluate, "trial"),
-                               ("baseline", est.baselines, "student")):
-        if not (cs := list(costs.values())):
-            continue
-        n, secs = sum(c.times for c in cs), [c.seconds for c in cs]
-        time = ("time unknown" if None in secs else
-                f"~{span([s for s in secs if s is not None], duration)}")
-        lines.append(f"  {stage} ({n} {what}{'s' * (n != 1)}): {span([c.tokens for c in cs])} "
-                     f"tokens each = {span([c.count for c in cs])} {cs[0].unit} x "
-                     f"{span([c.each for c in cs])}; {time} each"
-                     f"{_gpu_hours(sum(c.gpu_hours * c.times for c in cs), ' in all')}")
-    tokens = sum(c.tokens * c.times for c in est.stages())
-    known = [c.seconds * c.times for c in est.stages() if c.seconds is not None]
-    lines.append(f"  total: {human(tokens)} tokens, ~{duration(sum(known))} one stage after "
-                 f"another{' (some unknown)' if len(known) < len(est.stages()) else ''}, "
-                 f"{sum(c.gpu_hours * c.times for c in est.stages()):.3g} GPU-hours")
-    return lines + [f"  note: {n}" for n in est.notes]

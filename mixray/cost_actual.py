@@ -24,16 +24,14 @@ import pyarrow.parquet as pq
 from mixray.config import SweepConfig
 from mixray.cost import (
     StageCost,
-    about,
     calibration,
-    duration,
     generation_cost,
-    human,
     problem_chars,
     startup,
     trial_costs,
     units,
 )
+from mixray.cost_format import about, duration, human
 from mixray.train.config import TrainConfig
 
 log = logging.getLogger(__name__)

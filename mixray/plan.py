@@ -4,7 +4,7 @@ the check that every trial and generation actor fits the cluster (`check_resourc
 
 from __future__ import annotations
 
-from mixray import cluster, cost
+from mixray import cluster, cost, cost_format
 from mixray.config import SweepConfig
 from mixray.resources import cpus_per_trial, gpus_per_trial
 from mixray.significance import detectable_difference, effective_problems, problems_needed
@@ -48,7 +48,7 @@ def plan(cfg: SweepConfig) -> str:
         f"resources: {cpus_per_trial(cfg):g} CPU + {gpus_per_trial(cfg):g} GPU per trial, "
         f"{r.cpus_per_engine:g} CPU per generation actor",
         power_plan(cfg),
-        *cost.format_estimate(cost.estimate(cfg)),
+        *cost_format.format_estimate(cost.estimate(cfg)),
     ]
     return "\n".join(lines)
 

@@ -80,6 +80,26 @@ def test_the_estimate_adds_up_by_hand(tmp_path: Path) -> None:
     assert math.isclose(train_rate(lora, {"train": {}}), rate * 6 / 4)  # no weight gradients
 
 
+def test_all_problems_of_a_local_file_are_its_rows(tmp_path: Path) -> None:
+    """train_size all counts a local file's records (less the carved held-out ones), not
+    MATH's 7,500; a hub source keeps the default and cost.train_problems overrides both."""
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"problem": f"{i} + 1", "answer": str(i + 1)}) + "\n"
+                            for i in range(30)))
+    local = HAND | {"problems": {"train_size": "all", "eval_size": 6, "source": {
+        "kind": "dataset", "path": str(data)}}}
+    assert estimate(_sweep(tmp_path, local)).generate["qwq"].tokens == 24 * 1800
+    held_out = tmp_path / "test.jsonl"
+    held_out.write_text(data.read_text())
+    separate = ["problems.source.eval_path=" + str(held_out)]
+    assert estimate(_sweep(tmp_path, local, separate)).generate["qwq"].tokens == 30 * 1800
+    called = ["cost.train_problems=100"]
+    assert estimate(_sweep(tmp_path, local, called)).generate["qwq"].tokens == 100 * 1800
+    hub = HAND | {"problems": {"train_size": "all", "eval_size": 6, "source": {
+        "kind": "dataset", "path": "hf:owner/name"}}}
+    assert estimate(_sweep(tmp_path, hub)).generate["qwq"].tokens == 7500 * 1800
+
+
 def test_sizes_and_rates_between_table_points() -> None:
     assert params_b("Qwen/Qwen2.5-72B-Instruct") == 72
     assert params_b("Qwen/Qwen2.5-0.5B-Instruct") == 0.5
