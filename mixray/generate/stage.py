@@ -215,7 +215,8 @@ def run_generation(job: GenerationJob, problems_path: Path, out_dir: Path) -> di
     if done or retried:
         log.info("generate[%s]: resuming, %d of %d rows already done, %d that failed before "
                  "are retried", job.label, len(done), rows.num_rows, retried)
-    start, new, tokens, errors = time.perf_counter(), 0, 0, 0
+    # wall clock too: when each teacher ran, comparable across nodes (NTP-synced clocks)
+    started_at, start, new, tokens, errors = time.time(), time.perf_counter(), 0, 0, 0
     run = uuid.uuid4().hex[:8]  # part names never collide with a killed run's
     for i, part in enumerate(_stream(job, todo)):
         # All-null error columns come back typed null; every part must share one schema.
@@ -246,7 +247,8 @@ def run_generation(job: GenerationJob, problems_path: Path, out_dir: Path) -> di
     return {"rows": new, "resumed_rows": len(done), "retried_rows": retried, "errors": failed,
             "error_rate": round(failed / max(total, 1), 4), "tokens": tokens,
             "problems": problems.num_rows, "samples_per_problem": job.sampling.n,
-            "seconds": round(seconds, 1), "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
+            "seconds": round(seconds, 1), "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
+            "started_at": round(started_at, 3), "finished_at": round(time.time(), 3)}
 
 
 def _record_part(label: str, part: pa.Table) -> tuple[int, int]:

