@@ -33,7 +33,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # local_provider, also when loaded by path (tests)
 
 import local_provider
-from local_provider import CLUSTER_ENV, namespace_command, pids_with_env
+from local_provider import CLUSTER_ENV, free_ports, namespace_command, pids_with_env
 
 log = logging.getLogger("mixray.cluster")
 
@@ -201,15 +200,6 @@ def read_state(path: Path) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 # up
 # ---------------------------------------------------------------------------------------------
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports on 127.0.0.1 (held together while chosen, so never the same)."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-
 
 def ensure_token() -> None:
     """Ray 2.60 token auth: every node reads ~/.ray/auth_token (clusters/README.md, section 1)."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shlex
 import signal
 import socket
@@ -37,6 +38,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,7 +217,7 @@ class NamespacedNodeProvider(FakeMultiNodeProvider):
         session = (self._cluster_dir / HEAD_TEMP / "session_latest").resolve().name
         _link(dirs.root / "logs", dirs.logs(session))
         argv = ray_start_argv(self._ray, self._gcs_address, dirs, resources, labels,
-                              node_config.get("object_store_memory"), _free_port())
+                              node_config.get("object_store_memory"), free_ports(1)[0])
         if self._isolate:
             argv = namespace_command(mounts, argv, as_root=os.geteuid() == 0)
         with open(dirs.root / "ray-start.log", "ab") as out:
@@ -304,7 +306,27 @@ def _link(link: Path, target: Path) -> None:
         link.symlink_to(os.path.relpath(target, link.parent))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PORT = 10000
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports on 127.0.0.1, below the kernel's ephemeral range. A port that
+    bind(0) handed out and we released goes back into that range, where the next bind(0) of
+    any process can take it before Ray binds it: the head's runtime-env agent once took the
+    dashboard agent's port that way, and cluster-up failed. Below the range no bind(0) lands."""
+    low = int(EPHEMERAL_RANGE.read_text().split()[0]) if EPHEMERAL_RANGE.exists() else 32768
+    candidates = random.Random().sample(range(LOWEST_PORT, max(low, LOWEST_PORT + 10 * n)),
+                                        10 * n)
+    ports: list[int] = []
+    with ExitStack() as stack:   # held together while chosen, so never the same one twice
+        for port in candidates:
+            s = stack.enter_context(socket.socket())
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue   # in use
+            ports.append(port)
+            if len(ports) == n:
+                return ports
+    raise RuntimeError(f"no {n} free ports among {len(candidates)} tried below {low}")
