@@ -51,8 +51,8 @@ def cluster_config(tmp: Path) -> Path:
     return path
 
 
-def sweep_args(run_root: Path, problems: int, tokens: int, at_once: str) -> list[str]:
-    teacher = (f"{{model: tiny-random, style: short, batch_size: 8, replicas: 1, "
+def sweep_args(run_root: Path, problems: int, tokens: int, batch: int, at_once: str) -> list[str]:
+    teacher = (f"{{model: tiny-random, style: short, batch_size: {batch}, replicas: 1, "
                f"sampling: {{max_new_tokens: {tokens}}}}}")
     return ["-m", "mixray.sweep", "sweeps/smoke.yaml", "--upstream-only",
             f"--set=run_root={run_root}", f"--set=problems.train_size={problems}",
@@ -63,10 +63,11 @@ def sweep_args(run_root: Path, problems: int, tokens: int, at_once: str) -> list
             f"--set=resources.teachers_at_once={at_once}"]
 
 
-def run_arm(env: dict[str, str], root: Path, problems: int, tokens: int, at_once: str) -> dict:
+def run_arm(env: dict[str, str], root: Path, problems: int, tokens: int, batch: int,
+            at_once: str) -> dict:
     run_root = root / f"{at_once}-{uuid.uuid4().hex[:6]}"
     start = time.perf_counter()
-    out = subprocess.run([PY, *sweep_args(run_root, problems, tokens, at_once)], cwd=REPO,
+    out = subprocess.run([PY, *sweep_args(run_root, problems, tokens, batch, at_once)], cwd=REPO,
                          env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
     if out.returncode != 0:
@@ -98,19 +99,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--problems", type=int, default=256)
     p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=8, help="problems per engine call")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="mxtp-", dir="/tmp"))
     cluster_dir = Path(f"/tmp/mxtp-{uuid.uuid4().hex[:6]}")
     run_root = Path(f"/var/tmp/mixray-teachers-{uuid.uuid4().hex[:6]}")   # outside /tmp: shared
     local = [PY, str(REPO / "clusters" / "local.py")]
-    subprocess.run([*local, "up", "--cluster-dir", str(cluster_dir), "--run-root", str(run_root),
-                    "--config", str(cluster_config(tmp)), "--idle-minutes", "10"], check=True)
     try:
+        subprocess.run([*local, "up", "--cluster-dir", str(cluster_dir), "--run-root",
+                        str(run_root), "--config", str(cluster_config(tmp)), "--idle-minutes",
+                        "10"], check=True)
         state = dict(line.split("=", 1) for line in
                      (cluster_dir / "cluster.env").read_text().splitlines() if "=" in line)
         env = os.environ | {"RAY_ADDRESS": state["RAY_GCS_ADDRESS"], "RAY_AUTH_MODE": "token"}
         nodes_up_s = wait_for_teacher_nodes(env, 2)
-        arms = [run_arm(env, run_root, args.problems, args.tokens, at_once)
+        arms = [run_arm(env, run_root, args.problems, args.tokens, args.batch_size, at_once)
                 for at_once in ("one", "fit", "one")]
     finally:
         subprocess.run([*local, "down", "--cluster-dir", str(cluster_dir)], check=False)
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "what": "two equal teachers (tiny-random, hf, greedy) on two teacher nodes of the "
                 "local cluster: generate+curate wall time, at once vs one after another",
-        "problems": args.problems, "max_new_tokens": args.tokens, "nodes_up_s": round(nodes_up_s, 1),
+        "problems": args.problems, "max_new_tokens": args.tokens, "batch_size": args.batch_size, "nodes_up_s": round(nodes_up_s, 1),
         "arms": arms, "sequential_s_mean": round(sum(sequential) / 2, 1),
         "sequential_spread_s": round(abs(sequential[0] - sequential[1]), 1),
         "concurrent_s": concurrent,

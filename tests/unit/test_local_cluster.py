@@ -228,3 +228,20 @@ def test_the_local_cluster_reports_its_node_types_as_rays_cluster_config() -> No
         2, {"CPU": 2, "trainer_node": 1})
     reader = GlobalState._calculate_max_resource_from_cluster_config
     assert reader(record, "CPU") == 2 * 1 + 2 * 2 and reader(record, "teacher_node") == 1
+
+
+def test_ports_are_chosen_where_no_other_process_is_handed_one() -> None:
+    """Below the ephemeral range, which every bind(0) draws from: a port chosen and released
+    here cannot be handed to another process before Ray binds it."""
+    low = int(local_provider.EPHEMERAL_RANGE.read_text().split()[0])
+    import socket
+
+    with socket.socket() as s:   # a port the kernel hands out: never one of ours
+        s.bind(("127.0.0.1", 0))
+        ephemeral = s.getsockname()[1]
+    ports = local_provider.free_ports(6)
+    assert len(set(ports)) == 6 and all(local_provider.LOWEST_PORT <= p < low for p in ports)
+    assert ephemeral >= low and ephemeral not in ports
+    for p in ports:   # free: each binds
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))
