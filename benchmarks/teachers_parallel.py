@@ -3,8 +3,9 @@ two teacher nodes): concurrent wall time / sequential wall time of generating tw
 
 Two teachers with the same model, prompt and sampling (tiny-random on the hf engine, greedy,
 ``--problems`` problems x ``--tokens`` new tokens each), pinned to teacher nodes
-(``resources.node_types.teachers``; one 1-CPU replica per teacher, a 2-CPU node each). Both teacher nodes are started before the first arm (Ray's autoscaler SDK asks for them),
-so no arm pays for a node launch. The arms run `python -m mixray.sweep --upstream-only` against
+(``resources.node_types.teachers``; one 1-CPU replica per teacher, a 2-CPU node each). Both
+teacher nodes are started before the first arm (Ray's autoscaler SDK asks for them), so no arm
+pays for a node launch. The arms run `python -m mixray.sweep --upstream-only` against
 the cluster, each into a fresh run root (nothing cached), in the order sequential
 (``resources.teachers_at_once: one``), concurrent (``fit``), sequential; the time compared is the
 driver's own "teachers" timing (all generation and curation, without driver start-up), and the
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "what": "two equal teachers (tiny-random, hf, greedy) on two teacher nodes of the "
                 "local cluster: generate+curate wall time, at once vs one after another",
-        "problems": args.problems, "max_new_tokens": args.tokens, "batch_size": args.batch_size, "nodes_up_s": round(nodes_up_s, 1),
+        "problems": args.problems, "max_new_tokens": args.tokens, "batch_size": args.batch_size,
+        "nodes_up_s": round(nodes_up_s, 1),
         "arms": arms, "sequential_s_mean": round(sum(sequential) / 2, 1),
         "sequential_spread_s": round(abs(sequential[0] - sequential[1]), 1),
         "concurrent_s": concurrent,

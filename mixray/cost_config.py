@@ -92,8 +92,8 @@ class CostConfig(Strict):
     acceptance: float = Field(0.72, gt=0, le=1, description="Share of responses curation keeps "
                               "(curate.keep: correct): 5,383 of 7,500 in the paper.")
     train_problems: int | None = Field(None, ge=1, description="Problems when problems."
-                                       "train_size is all; omitted: a local source file's rows, else 7,500 (MATH's "
-                                       "train split).")
+                                       "train_size is all; omitted: a local source file's "
+                                       "rows, else 7,500 (MATH's train split).")
     problem_chars: float | None = Field(None, gt=0, description="Characters per problem; "
                                         "omitted: 16 drawn (reasoning-gym), else 250.")
     chars_per_token: float | None = Field(None, gt=0, description="Omitted: per student.")

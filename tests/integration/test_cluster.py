@@ -236,8 +236,10 @@ def test_paper_mix_runs_end_to_end_on_the_autoscaling_cluster(local_cluster) -> 
         parents[0].data.metrics)
 
     # Every generation ran on vLLM (its CPU build): the teachers', each evaluation's, the judge's.
+    outputs = [g for g in (run_root / "artifacts" / "generate").glob("*/")
+               if (g / "stats.json").exists()]
     gens = [(json.loads((g / "spec.json").read_text()), json.loads((g / "stats.json").read_text()))
-            for g in (run_root / "artifacts" / "generate").glob("*/") if (g / "stats.json").exists()]
+            for g in outputs]
     assert {spec["label"] for spec, _ in gens} == {*TEACHERS, "eval", "judge"}, gens
     assert {spec["engine"].split("-")[0] for spec, _ in gens} == {ENGINE}
     # The judge re-judged the answers math-verify rejected, in every trial that had one.
