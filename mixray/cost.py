@@ -16,6 +16,7 @@ a training worker; GPU-hours = seconds x GPUs. The rates and every other default
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -204,8 +205,16 @@ def train_problems(cfg: SweepConfig) -> int:
     if isinstance(src, DatasetSource) and Path(src.path).is_file():   # hub paths are 'hf:...'
         carved = 0 if src.separate_eval else cfg.problems.eval_size
         assert isinstance(carved, int), "validated: carving needs a count"
-        return max(0, len(read_local(Path(src.path))) - carved)
+        stat = Path(src.path).stat()
+        return max(0, _file_rows(src.path, stat.st_mtime_ns, stat.st_size) - carved)
     return d.DEFAULT_TRAIN_PROBLEMS
+
+
+@functools.lru_cache(maxsize=8)
+def _file_rows(path: str, mtime_ns: int, size: int) -> int:
+    """Records of a local file, read once per version of it: an estimate asks once per
+    teacher and once per trial (paper-mix: 4 + 6 + baselines)."""
+    return len(read_local(Path(path)))
 
 
 def problem_chars(cfg: SweepConfig) -> float:

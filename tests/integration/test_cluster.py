@@ -64,7 +64,7 @@ def rehearsal(run_root: Path, tracking_uri: str, data: Path,
         "train.num_workers=2", "resources.gpus_per_train_worker=0",
         "resources.cpus_per_train_worker=0.99", "resources.cpus_per_engine=1",
         "train.global_batch_size=4", "train.max_length=256", "train.dtype=fp32",
-        "evaluate.sampling.max_new_tokens=16", "evaluate.batch_size=8",
+        "evaluate.sampling.max_new_tokens=16", "evaluate.batch_size=8", "evaluate.replicas=1",
         # a random student decoding greedily repeats one token and writes no number, so
         # math-verify would reject nothing and the judge would never run; sampled, it writes
         # numbers (the tokenizer's corpus is sums), and every wrong one goes to the judge
@@ -74,7 +74,6 @@ def rehearsal(run_root: Path, tracking_uri: str, data: Path,
     roles = ["evaluate", "evaluate.judge"] + [f"teachers.{t}" for t in TEACHERS]
     sets += [f"teachers.{t}.{k}" for t in TEACHERS
              for k in ("model=tiny-random", "replicas=1", "sampling.max_new_tokens=24")]
-    sets += ["evaluate.replicas=1"]
     for role in roles:
         if engine == "hf":
             sets.append(f"{role}.engine={{kind: hf}}")
