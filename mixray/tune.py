@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -81,19 +82,34 @@ def run_trial(trial: Trial, ctx: SweepContext) -> dict[str, float]:
     out = trial_dir(cfg.run_root_path, ctx.invocation, trial.name)
     out.mkdir(parents=True, exist_ok=True)
     run_id = tracking.start_child(cfg, ctx.parent_run_id, trial)
+    stopping = _tune_stop_event()
     try:
         with tracking.system_metrics(cfg, run_id):
             metrics, history, mix, model_dir = _mix_train_evaluate(trial, ctx, cfg, run_id, out)
         metrics["time_trial_s"] = time.perf_counter() - started  # MLflow's own logging excepted
         tracking.finish_child(cfg, run_id, history, metrics, mix.card, out / "eval")
     except BaseException:
-        tracking.fail_child(cfg, run_id, traceback.format_exc())
+        if stopping.is_set():  # the driver closes a stopped trial's run (sweep._close_stopped)
+            log.info("trial %s: stopped by Tune while running", trial.name)
+        else:
+            tracking.fail_child(cfg, run_id, traceback.format_exc())
         raise
     # Only now: a trial that fails before this point is rerun by --resume, and its Train run
     # (the same name) resumes from these checkpoints, even after a failed evaluation.
     if cfg.train.keep_checkpoints == "resume":
         keep_only_student(model_dir)
     return metrics
+
+
+def _tune_stop_event() -> threading.Event:
+    """Set once Tune has begun stopping this trial (ASHA's cut, the sweep ending). Ray 2.60's
+    FunctionTrainable.cleanup sets it, then ends the actor; the ending can interrupt the trial's
+    thread with an error that is not the trial's (tracking.fail_child). Ray has no public API
+    for this, and cleanup drops the session, so the event is taken when the trial starts."""
+    from ray.train._internal.session import get_session
+
+    session = get_session()
+    return session.stop_event if session is not None else threading.Event()
 
 
 def _mix_train_evaluate(trial: Trial, ctx: SweepContext, cfg: SweepConfig, run_id: str,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, Run
 from mlflow.tracking import MlflowClient
 
 from mixray import search  # search.Trial: a trial to run (analysis.Trial: one read back)
@@ -34,6 +34,7 @@ PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "mixray.trial"
 ATTEMPTS_TAG = "mixray.attempts"  # how many times a trial started (node losses, --resume)
 PARAMS_TAG = "mixray.params"  # the trial's search values as JSON (Optuna is told them on resume)
+STOPPED_TAG = "mixray.stopped_early"  # why the scheduler stopped a trial (ASHA's rung and step)
 SUMMARY_METRICS = ("mix_rows", "mix_pools_ran_dry", "train_loss", "eval_accuracy",
                    "eval_accuracy_stderr", "eval_tokens_mean")
 SYSTEM_METRICS_S = 5  # a smoke trial lasts ~30 s: a few samples; a GPU trial, thousands
@@ -162,8 +163,20 @@ def tag_parent(cfg: SweepConfig, parent_id: str, key: str, value: str) -> None:
 
 
 def end_parent(cfg: SweepConfig, run_id: str, status: str) -> None:
+    """KILLED: the sweep was interrupted, and the trials it stopped with it, which do not
+    record a stop as their failure (tune.run_trial), are closed KILLED too."""
     assert status in ("FINISHED", "FAILED", "KILLED"), status
-    client(cfg).set_terminated(run_id, status)
+    c = client(cfg)
+    if status == "KILLED":
+        for child in _children(c, run_id):
+            if child.info.status == "RUNNING":
+                c.set_terminated(child.info.run_id, "KILLED")
+    c.set_terminated(run_id, status)
+
+
+def _children(c: MlflowClient, parent_id: str) -> list[Run]:
+    return c.search_runs([c.get_run(parent_id).info.experiment_id],
+                         f"tags.`{PARENT_TAG}` = '{parent_id}'")
 
 
 def reopen_parent(cfg: SweepConfig, parent_id: str) -> dict[str, Finished]:
@@ -172,8 +185,7 @@ def reopen_parent(cfg: SweepConfig, parent_id: str) -> dict[str, Finished]:
     c = client(cfg)
     c.update_run(parent_id, status="RUNNING")
     finished = {}
-    for child in c.search_runs([c.get_run(parent_id).info.experiment_id],
-                               f"tags.`{PARENT_TAG}` = '{parent_id}'"):
+    for child in _children(c, parent_id):
         tags = child.data.tags
         if child.info.status == "FINISHED":
             metrics = child.data.metrics
@@ -271,8 +283,9 @@ def find_child(cfg: SweepConfig, parent_id: str, name: str) -> str | None:
 
 def stop_child(cfg: SweepConfig, run_id: str, history: list[dict], reason: str) -> None:
     """A trial the scheduler stopped early: its per-step metrics so far, KILLED, and why. The
-    stop interrupts the trial, which marks its run FAILED first: that is overwritten. A FINISHED
-    run (it finished while the stop was on its way) is left as it is."""
+    stop interrupts the trial, which may mark its run FAILED first: that is overwritten, and a
+    failure it reports later is not written (fail_child). A FINISHED run (it finished while the
+    stop was on its way) is left as it is."""
     c = client(cfg)
     if c.get_run(run_id).info.status == "FINISHED":
         log.warning("trial run %s already finished; not marking it stopped early", run_id)
@@ -280,7 +293,7 @@ def stop_child(cfg: SweepConfig, run_id: str, history: list[dict], reason: str) 
     steps = _step_metrics(history)
     if steps:
         c.log_batch(run_id, metrics=steps)
-    c.set_tag(run_id, "mixray.stopped_early", reason)
+    c.set_tag(run_id, STOPPED_TAG, reason)  # before the status: fail_child reads it
     c.set_terminated(run_id, "KILLED")
 
 
@@ -306,6 +319,12 @@ def finish_child(cfg: SweepConfig, run_id: str, history: list[dict], metrics: di
 
 
 def fail_child(cfg: SweepConfig, run_id: str, error: str) -> None:
+    """A trial's own failure. Not over a stop: a stopped trial's actor is ended after the sweep's
+    driver may already have closed its run as KILLED (stop_child), and the error that ending
+    raises in the trial is not the trial's (a CI run once showed ASHA's cut as FAILED)."""
     c = client(cfg)
+    if STOPPED_TAG in c.get_run(run_id).data.tags:
+        log.info("trial run %s was stopped early; its late error is not recorded", run_id)
+        return
     c.set_tag(run_id, "mixray.error", error[:MAX_PARAM_CHARS])
     c.set_terminated(run_id, "FAILED")
