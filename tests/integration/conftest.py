@@ -4,6 +4,7 @@ A test that hangs prints every stack and stops the run (see `pytest_runtest_prot
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,20 @@ def _py_spy_dump(pid: int) -> str:
     keep = [b.splitlines()[:17] for b in blocks[1:]
             if '"MainThread"' in b.splitlines()[0] or '"TrainingThread' in b.splitlines()[0]]
     return "\n".join(line for block in keep for line in block) or out.stdout + out.stderr
+
+
+@pytest.fixture(scope="session")
+def free_ports() -> Callable[[int], list[int]]:
+    """``free_ports(n)``: n distinct free ports on 127.0.0.1 for servers a test starts, chosen
+    as the rehearsal cluster chooses its own (clusters/local_provider.free_ports): below the
+    ephemeral range, so that a port from bind(0), released for the server, cannot be handed to
+    another process's bind(0) first."""
+    spec = importlib.util.spec_from_file_location("clusters_local_provider",
+                                                  REPO / "clusters" / "local_provider.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module.free_ports
 
 
 @pytest.fixture(scope="session")

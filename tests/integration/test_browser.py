@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -47,17 +46,11 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def mlflow_ui(smoke_sweep, tmp_path_factory) -> Iterator[str]:
+def mlflow_ui(smoke_sweep, tmp_path_factory, free_ports) -> Iterator[str]:
     """The `make ui` server over the smoke sweep's store; yields its base URL, always stops it."""
     cfg = smoke_sweep[0]
-    port = _free_port()
+    [port] = free_ports(1)
     log_path = tmp_path_factory.mktemp("mlflow-ui") / "server.log"
     cmd = [str(Path(sys.executable).parent / "mlflow"), "server",
            "--backend-store-uri", cfg.tracking_uri, "--workers", "1",

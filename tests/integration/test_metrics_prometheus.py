@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import socket
 import time
 import urllib.parse
 import urllib.request
@@ -50,14 +49,8 @@ def _tool():
     return module
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def prometheus(ray_cluster, tmp_path_factory):
+def prometheus(ray_cluster, tmp_path_factory, free_ports):
     """Prometheus on 127.0.0.1 scraping every node of the session's cluster each second. The
     session cluster runs without Ray's dashboard, whose reporter writes the service discovery
     file, so the test writes one of the same form from `ray.nodes()`."""
@@ -66,7 +59,7 @@ def prometheus(ray_cluster, tmp_path_factory):
                for n in ray_cluster.nodes() if n["Alive"]]
     sd_file = run_dir / "sd.json"
     sd_file.write_text(json.dumps([{"labels": {"job": "ray"}, "targets": targets}]))
-    port = _free_port()
+    [port] = free_ports(1)
     tool.start(run_dir, sd_file, port, interval_s=1, binary=PROMETHEUS)
     url = f"http://127.0.0.1:{port}"
     try:
