@@ -4,7 +4,6 @@ A test that hangs prints every stack and stops the run (see `pytest_runtest_prot
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -81,12 +80,10 @@ def free_ports() -> Callable[[int], list[int]]:
     as the rehearsal cluster chooses its own (clusters/local_provider.free_ports): below the
     ephemeral range, so that a port from bind(0), released for the server, cannot be handed to
     another process's bind(0) first."""
-    spec = importlib.util.spec_from_file_location("clusters_local_provider",
-                                                  REPO / "clusters" / "local_provider.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module.free_ports
+    sys.path.insert(0, str(REPO / "clusters"))  # as test_cluster imports it: one module, not two
+    from local_provider import free_ports
+
+    return free_ports
 
 
 @pytest.fixture(scope="session")
