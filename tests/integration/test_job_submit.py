@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -19,13 +20,19 @@ REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture
-def head(ray_cluster, free_ports):
+def head(ray_cluster):
     """A second, separate Ray cluster (its own ports and temp dir), stopped afterwards.
 
     Depends on the session cluster only so that Ray has written ~/.ray/auth_token (a new
     cluster creates it) before `ray start` is asked for token auth."""
-    gcs, dash, agent = free_ports(3)
+    gcs, dash, agent = _free_port(), _free_port(), _free_port()
     # Token auth stays on (Ray 2.60's default where ~/.ray/auth_token exists); the CLI matches it.
     # The job's entrypoint runs in the head's environment: put this venv first on its PATH.
     env = os.environ | {"RAY_AUTH_MODE": "token",
