@@ -4,7 +4,7 @@ how many generation runs K trials cost (must be one per teacher, whatever K).
     .venv/bin/python benchmarks/sweep.py [--trials 4] [--sweep sweeps/smoke.yaml]
 
 Runs the sweep file on a fresh local Ray cluster (2 CPUs, as CI) with a grid of K long shares,
-in a fresh run root, then reads each trial's own timings (logged by `mixray.tune.run_trial`):
+in a fresh run root, then reads each trial's own timings (logged by `mixray.sweep.tune.run_trial`):
 time_trial_s = mix + train + eval + the rest (MLflow child run, config, reading pools). Two
 shares are reported:
 
@@ -30,8 +30,8 @@ import ray
 
 from mixray import runtime
 from mixray.config import load_sweep
-from mixray.resources import max_concurrent_trials
-from mixray.sweep import run_sweep
+from mixray.sweep.resources import max_concurrent_trials
+from mixray.sweep.run import run_sweep
 
 OUT = Path(__file__).parent / "results" / "sweep.json"
 REPO = Path(__file__).resolve().parents[1]

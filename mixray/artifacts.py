@@ -6,6 +6,10 @@ spec is written beside the data as ``spec.json``. A directory counts only once `
 exists; stages write into a sibling temp dir and rename it into place, so a killed stage leaves no
 half-written output that a rerun could mistake for a finished one.
 
+`StageRecord` and `TeacherRecord` say what a sweep made of them before its trials (where,
+reused or not, the stats): typed in code, a JSON document in summary.json (`teacher_records`
+reads it back).
+
 Local paths only for now; URIs (s3://, gs://) on clusters are a later step (DESIGN.md).
 """
 
@@ -18,6 +22,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from mixray.runroot import RunRoot
 
 MARKER = "_COMMITTED"
 
@@ -42,7 +48,7 @@ class StageDir:
 
     @property
     def path(self) -> Path:
-        return self.root / "artifacts" / self.stage / self.key
+        return RunRoot(self.root).artifact(self.stage, self.key)
 
     def is_committed(self) -> bool:
         return (self.path / MARKER).exists()
@@ -78,3 +84,38 @@ class StageDir:
             shutil.rmtree(self.path)
         tmp.rename(self.path)
         return self.path
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """One upstream stage's output: where it is, whether an earlier run's was reused, and its
+    stats (a reused generation has none: it generated nothing now)."""
+
+    path: Path
+    cached: bool
+    stats: dict[str, Any] | None
+
+    def document(self) -> dict[str, Any]:
+        return {"path": str(self.path), "cached": self.cached, "stats": self.stats}
+
+
+@dataclass(frozen=True)
+class TeacherRecord:
+    """One teacher's generation and its curation, whose pool the trials mix."""
+
+    generate: StageRecord
+    curate: StageRecord  # stats: rows, accepted, error and acceptance rates (curate.stage)
+
+    @property
+    def pool(self) -> Path:
+        return self.curate.path / "pool.parquet"
+
+
+def teacher_records(stages: dict[str, dict[str, Any]]) -> dict[str, TeacherRecord]:
+    """The teachers of a stages document (`Upstream.stages`, e.g. read back from summary.json)."""
+    def record(d: dict[str, Any]) -> StageRecord:
+        return StageRecord(Path(d["path"]), d["cached"], d["stats"])
+
+    return {key.removeprefix("generate."): TeacherRecord(
+                record(d), record(stages["curate." + key.removeprefix("generate.")]))
+            for key, d in stages.items() if key.startswith("generate.")}

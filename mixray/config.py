@@ -20,16 +20,17 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from mixray.analysis_config import AnalysisConfig
 from mixray.artifacts import spec_key
-from mixray.cost_config import CostConfig
+from mixray.cost.config import CostConfig
 from mixray.curate.config import CurateConfig
 from mixray.evaluate.config import EvaluateConfig
 from mixray.generate.config import TeacherConfig
 from mixray.generate.job import Placement
 from mixray.mix.config import MixSpec
 from mixray.problems.config import ProblemsConfig
+from mixray.runroot import RunRoot
 from mixray.schema import Strict
+from mixray.science.config import AnalysisConfig
 from mixray.search import LONG_SHARE, SEED, SearchConfig, Trial, set_dotted, trial_name
 from mixray.store import default_tracking_uri
 from mixray.train.config import TrainConfig
@@ -140,7 +141,7 @@ class SweepConfig(Strict):
         listed choice and both bounds of each range, one axis at a time)."""
         if not self.search.axes():
             return self
-        if self.search.algorithm == "optuna":
+        if self.search.proposes_while_running:
             probes = [(k, {k: v}) for k, d in self.search.space.items() for v in d.corners()]
         else:
             probes = [(", ".join(p), p) for p in self.search.points()]
@@ -159,6 +160,11 @@ class SweepConfig(Strict):
         return Path(self.run_root).expanduser().resolve()
 
     @property
+    def root(self) -> RunRoot:
+        """The run root's folders (mixray.runroot), resolved."""
+        return RunRoot(self.run_root_path)
+
+    @property
     def experiment(self) -> str:
         return self.tracking.experiment or self.name
 
@@ -168,7 +174,7 @@ class SweepConfig(Strict):
 
     def trials(self) -> list[Trial]:
         """Grid and random search: one `Trial` per trial, in a stable order. Optuna's trials are
-        proposed while the sweep runs (mixray.tune)."""
+        proposed while the sweep runs (mixray.sweep.tune)."""
         trials, seen = [], set()
         for student in self.students:
             for params in self.search.points():
@@ -180,7 +186,7 @@ class SweepConfig(Strict):
         return trials
 
     def n_trials(self) -> int:
-        if self.search.algorithm == "optuna":
+        if self.search.proposes_while_running:
             return len(self.students) * self.search.num_samples
         return len(self.trials())
 

@@ -14,7 +14,7 @@ after its process exits (a finished trial's, a Train worker's).
 Who records what: the process that writes a generation's parts (the sweep driver for teachers, a
 trial for its evaluation) its rows, tokens and progress (`record_generation`); curation the rows
 it accepts (`record_curation`); rank 0 of a Train run every step (`record_train_step`); the Tune
-driver its trials' states (`mixray.tune_metrics`). A trial's process names itself once
+driver its trials' states (`mixray.sweep.callbacks`). A trial's process names itself once
 (`set_context`): its evaluation and the Train workers it starts carry its student and trial.
 
 Metric objects are made on first use in each process and kept in module-level caches (`_made`,

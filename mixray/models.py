@@ -36,6 +36,8 @@ import uuid
 import zipfile
 from pathlib import Path
 
+from mixray.runroot import RunRoot
+
 log = logging.getLogger(__name__)
 
 TINY = "tiny-random"
@@ -56,7 +58,7 @@ CHATML_TEMPLATE = (
 def in_run_root(run_root: Path) -> Path:
     """Where a sweep places its models (``resolve(spec, into=...)``): in the run root, which
     every node of a cluster sees."""
-    return Path(run_root) / "models"
+    return RunRoot(Path(run_root)).models
 
 
 def cache_dir() -> Path:

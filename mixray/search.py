@@ -18,7 +18,7 @@ pool's share of the base mix (`MixSpec.with_long_share`), and `search.long_share
 for `space: {mix.long_share: {grid: [...]}}`.
 
 A trial is a `Trial` record (name, student, values); `SweepConfig.trials()` lists them for grid
-and random search, `mixray.tune` makes Optuna's.
+and random search, `mixray.sweep.tune` makes Optuna's.
 """
 
 from __future__ import annotations
@@ -188,6 +188,13 @@ class SearchConfig(Strict):
                                  + (f" (grid axes: {grids})" if grids else " (the space is empty)"))
         return self
 
+    @property
+    def proposes_while_running(self) -> bool:
+        """Whether the trials are proposed while the sweep runs (Optuna, told each result), not
+        listed before it starts (grid, random: `points`). Every place that treats the two
+        apart asks this."""
+        return self.algorithm == "optuna"
+
     def axes(self) -> dict[str, Domain]:
         """Every axis, `search.long_share` included, in file order (long share first)."""
         extra = {LONG_SHARE: Domain(grid=self.long_share)} if self.long_share is not None else {}
@@ -195,7 +202,7 @@ class SearchConfig(Strict):
 
     def points(self) -> list[dict[str, Any]]:
         """The search points of grid and random search (each student runs every one)."""
-        assert self.algorithm != "optuna", "Optuna proposes its points while the sweep runs"
+        assert not self.proposes_while_running, "these points are proposed while the sweep runs"
         axes = self.axes()
         grid = [{}]
         for key, d in axes.items():

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mixray.runroot import RunRoot
+
 SQLITE = "sqlite:///"
 
 
 def default_tracking_uri(run_root: str | Path = "runs") -> str:
     """The MLflow store every CLI and sweep defaults to: sqlite in the run root (relative to the
     working directory unless `run_root` is absolute)."""
-    return f"{SQLITE}{Path(run_root) / 'mlflow.db'}"
+    return f"{SQLITE}{RunRoot(Path(run_root)).mlflow_db}"
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:

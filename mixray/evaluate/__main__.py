@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import json
 
-    from mixray.tracking import log_evaluation
+    from mixray.tracking import Target, log_evaluation
 
     report = json.loads((out / "metrics.json").read_text())
     params = {"model": name,
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
               "system_prompt": args.system_prompt, "verifier": report["verifier"],
               "engine": cfg.engine.model_dump(),
               "judge": cfg.judge.model_dump() if cfg.judge else "none", "out_dir": str(out)}
-    run_id = log_evaluation(tracking_uri, args.experiment, f"{Path(name).name}-eval",
+    run_id = log_evaluation(Target(tracking_uri, args.experiment), f"{Path(name).name}-eval",
                             params, metrics, out)
     print()
     print(format_summary(report | {"n_samples": cfg.sampling.n}))

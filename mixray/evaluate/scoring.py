@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from mixray.grading.rates import sample_rates
+from mixray.science.significance import mean_and_stderr
 
 ROW_KEYS = ("problem_id", "sample_idx", "extracted", "correct", "n_tokens", "finish_reason")
 RATE_ORDER = ("truncation_rate", "no_answer_rate", "error_rate")  # as metrics.json lists them
@@ -49,20 +50,6 @@ def maj_at_k(answers: Sequence[str | None], correct_flags: Sequence[bool], k: in
     # Counter.most_common keeps first-seen order among equal counts, so ties go to the earliest.
     winner = votes.most_common(1)[0][0]
     return 1.0 if correct_flags[keys.index(winner)] else 0.0
-
-
-def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and standard error of the mean (sample std, ddof=1, over sqrt(n)).
-
-    The error of a single value is unknown, hence NaN: 0 would claim an exact mean."""
-    n = len(values)
-    if n == 0:
-        raise ValueError("mean_and_stderr needs at least one value")
-    mean = math.fsum(values) / n
-    if n == 1:
-        return mean, math.nan
-    variance = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(variance / n)
 
 
 def _group_by_problem(rows: Iterable[Mapping[str, Any]]) -> dict[Any, list[Mapping[str, Any]]]:

@@ -56,6 +56,7 @@ from mixray.generate.stage import generate_cached, run_spec
 from mixray.grading.grade import AnswerFormat, score_completion
 from mixray.grading.verify import VERIFIER_VERSION
 from mixray.problems.datasets import HUB_CACHE_DIR
+from mixray.runroot import METRICS_FILE, SCORES_FILE
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,6 @@ SAMPLE_SCHEMA = pa.schema([
 TABLE_COLUMNS = ("benchmark", "problem_id", "problem", "answer", "completion", "extracted",
                  "correct", "judge", "finish_reason", "n_tokens")
 TABLE_TEXT_CHARS = {"problem": 1000, "completion": 4000}  # keep the artifact readable
-SCORES_FILE = "scores.json"  # mixray.significance.Scores.to_json
 
 
 def load_benchmarks(cfg: EvaluateConfig, heldout: Path | None = None,
@@ -177,7 +177,7 @@ def run_evaluation(
               "sources": {b.name: b.source for b in benchmarks},
               "benchmarks": per_benchmark, "average": average, "metrics": flat,
               "generations": str(gen.path), "generation": gen_stats}
-    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    (out_dir / METRICS_FILE).write_text(json.dumps(report, indent=2))
     (out_dir / SCORES_FILE).write_text(json.dumps(problem_scores(samples, benchmarks)))
     (out_dir / "sample_completions.json").write_text(
         json.dumps(sample_table(samples, benchmarks, cfg.samples_to_log), indent=2))
@@ -308,7 +308,7 @@ def problem_scores(samples: Sequence[dict[str, Any]], benchmarks: Sequence[Loade
                    ) -> dict[str, dict[str, list[float]]]:
     """Each benchmark's per-problem fraction of samples correct, in the benchmark's own order:
     every trial of a sweep answers the same problems in that order, so two trials' lists pair
-    problem by problem (mixray.significance.Scores)."""
+    problem by problem (mixray.science.significance.Scores)."""
     correct: dict[str, list[int]] = {}
     for s in samples:
         correct.setdefault(s["gen_pid"], []).append(bool(s["correct"]))

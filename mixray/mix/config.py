@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from mixray.artifacts import spec_key
 from mixray.schema import Strict, count_or_all
 
 MixWeights = dict[str, float]
@@ -208,6 +209,12 @@ class MixSpec(MixStrict):
     def long_share(self) -> float:
         """long_pool's share of the base mix."""
         return self.pools.get(self.long_pool, 0.0) / sum(self.pools.values())
+
+    def schedule_label(self) -> str:
+        """How the report groups trials by schedule: the kind, plus a short hash of its settings
+        (two ramps with other ends are two schedules)."""
+        s = self.schedule
+        return s.kind if s.kind == "constant" else f"{s.kind}-{spec_key(s.model_dump())[:6]}"
 
     def with_long_share(self, share: float) -> MixSpec:
         """This spec with long_pool at `share` of the base mix; the other pools share the rest in

@@ -1,5 +1,6 @@
 """A sweep invocation read back from MLflow: its parent run and trials as the plain records of
-`mixray.analysis` (`load_sweep_record`), which the report and `python -m mixray.propose` use.
+`mixray.science.analysis` (`load_sweep_record`), which the report and `python -m mixray.propose`
+use.
 It reads the layout `mixray.tracking` writes (tags, params, artifacts).
 """
 
@@ -20,13 +21,13 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mixray.analysis import Baseline, SweepRecord, Trial, trial_accuracy
-from mixray.analysis_config import AnalysisConfig
-from mixray.evaluate.stage import SCORES_FILE
+from mixray.runroot import SCORES_FILE
+from mixray.science.analysis import Baseline, SweepRecord, Trial, trial_accuracy
+from mixray.science.config import AnalysisConfig
+from mixray.science.significance import Scores
 from mixray.search import SEED, point_label
-from mixray.significance import Scores
 from mixray.store import default_tracking_uri, sqlite_path
-from mixray.tracking import BENCH_RE, CURATE_PREFIX, DEFAULT_POOLS, PARAMS_TAG, PARENT_TAG
+from mixray.tracking.writer import BENCH_RE, CURATE_PREFIX, DEFAULT_POOLS, PARAMS_TAG, PARENT_TAG
 
 log = logging.getLogger(__name__)
 

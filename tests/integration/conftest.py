@@ -108,7 +108,7 @@ def smoke_sweep(ray_cluster, tmp_path_factory) -> tuple[Any, dict, dict]:
     tests read the first run's MLflow records and artifacts.
     """
     from mixray.config import load_sweep
-    from mixray.sweep import run_sweep
+    from mixray.sweep.run import run_sweep
 
     root = tmp_path_factory.mktemp("runs")
     cfg = load_sweep(REPO / "sweeps" / "smoke.yaml", [f"run_root={root}"])

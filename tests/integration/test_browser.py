@@ -4,8 +4,8 @@ On the session's finished smoke sweep (``smoke_sweep`` in conftest.py), the lean
 ``make ui`` serves the sweep's store on a free loopback port. Debian's Chromium, driven by
 Playwright, opens the experiment's runs page, expands the sweep's parent run, then each trial's
 run page, and reads the rendered text: the trial runs by name, and every metric with the value
-MLflow stored. It also opens the report of ``mixray.report`` over file://. The MLflow UI is a React
-single-page app: every check waits for the text to be rendered instead of sleeping.
+MLflow stored. It also opens the report of ``mixray.report.build`` over file://. The MLflow UI
+is a React single-page app: every check waits for the text to be rendered instead of sleeping.
 
 Screenshots of each page are written to runs/screenshots/ (git-ignored) for a person to look at.
 Chromium comes from ``make browser`` (run by ``make test``, as root); without it the test skips.
@@ -171,8 +171,8 @@ def test_mlflow_ui_shows_the_trial_runs_and_their_metrics(smoke_sweep, mlflow_ui
 
 def test_report_shows_the_trials_and_their_metrics(smoke_sweep, page: Page, tmp_path: Path,
                                                    capsys) -> None:
-    from mixray.report import write_report
-    from mixray.report_html import fmt
+    from mixray.report.build import write_report
+    from mixray.report.html import fmt
 
     cfg, first, _ = smoke_sweep
     parent_id = first["mlflow"]["parent_run_id"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mixray.summary import format_summary
+from mixray.sweep.summary import format_summary
 
 TOLERANCE = 0.25
 

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mixray.config import load_sweep
-from mixray.sweep import run_sweep
+from mixray.sweep.run import run_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = shutil.which("prometheus")

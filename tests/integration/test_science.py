@@ -12,9 +12,9 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from mixray.config import load_sweep
-from mixray.report import write_report
-from mixray.summary import format_summary
-from mixray.sweep import run_sweep
+from mixray.report.build import write_report
+from mixray.sweep.run import run_sweep
+from mixray.sweep.summary import format_summary
 
 REPO = Path(__file__).resolve().parents[2]
 

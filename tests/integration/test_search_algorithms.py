@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mixray import tune as mixray_tune
 from mixray.config import load_sweep
-from mixray.invocation import Invocation
-from mixray.sweep import run_sweep
+from mixray.sweep import tune as mixray_tune
+from mixray.sweep.invocation import Invocation
+from mixray.sweep.run import run_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "sweeps" / "smoke.yaml"
@@ -103,7 +103,8 @@ def test_resumed_optuna_sweep_runs_only_missing_proposals_told_the_finished_ones
     # may raise num_samples, search being outside the resume key.
     inv_dir = Path(first["summary_path"]).parent
     state = json.loads((inv_dir / "state.json").read_text())
-    Invocation(inv_dir, state["resume_key"], state["parent_run_id"]).save("interrupted")
+    Invocation(first_cfg.root, first_cfg.name, inv_dir.name, state["resume_key"],
+               state["parent_run_id"]).save("interrupted")
     before = {t["trial"]: t for t in first["trials"]}
     assert set(before) == set(first_runs) and len(before) == 2
 

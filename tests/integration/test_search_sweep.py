@@ -10,8 +10,8 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from mixray.config import load_sweep
-from mixray.summary import format_summary
-from mixray.sweep import run_sweep
+from mixray.sweep.run import run_sweep
+from mixray.sweep.summary import format_summary
 
 REPO = Path(__file__).resolve().parents[2]
 

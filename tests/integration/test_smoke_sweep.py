@@ -101,8 +101,8 @@ def test_second_run_does_no_new_generation(smoke_sweep) -> None:
 
 
 def test_report_from_the_smoke_sweep(smoke_sweep, tmp_path) -> None:
-    from mixray.report import write_report
-    from mixray.report_html import fmt
+    from mixray.report.build import write_report
+    from mixray.report.html import fmt
 
     cfg, first, _ = smoke_sweep
     index = write_report(cfg.experiment, cfg.tracking_uri, first["mlflow"]["parent_run_id"],
@@ -121,7 +121,7 @@ def test_finished_trials_keep_only_their_student(smoke_sweep) -> None:
     from transformers import AutoModelForCausalLM
 
     from mixray.disk import tree_size
-    from mixray.summary import format_summary
+    from mixray.sweep.summary import format_summary
 
     cfg, first, _ = smoke_sweep
     for trial in first["trials"]:

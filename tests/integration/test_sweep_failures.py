@@ -13,7 +13,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from mixray.config import load_sweep
-from mixray.sweep import run_sweep
+from mixray.sweep.run import run_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = str(REPO / "sweeps" / "smoke.yaml")

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mixray.analysis import Baseline, Trial, analyse, curve_points, power_line
-from mixray.analysis_config import AnalysisConfig
 from mixray.config import load_sweep
-from mixray.plan import plan
-from mixray.significance import Scores, detectable_difference, paired_difference
-from mixray.summary import format_summary
+from mixray.science.analysis import Baseline, Trial, analyse, curve_points, power_line
+from mixray.science.config import AnalysisConfig
+from mixray.science.significance import Scores, detectable_difference, paired_difference
+from mixray.sweep.plan import plan
+from mixray.sweep.summary import format_summary
 
 SMOKE = Path(__file__).parents[2] / "sweeps" / "smoke.yaml"
 N = 200

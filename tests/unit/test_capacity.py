@@ -10,7 +10,7 @@ import yaml
 
 from mixray import cluster
 from mixray.config import load_sweep
-from mixray.plan import check_resources
+from mixray.sweep.plan import check_resources
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -82,7 +82,7 @@ def test_override_of_unknown_key_is_refused() -> None:
 
 
 def test_concurrency_follows_declared_resources() -> None:
-    from mixray.resources import cpus_per_trial, max_concurrent_trials
+    from mixray.sweep.resources import cpus_per_trial, max_concurrent_trials
 
     cfg = load_sweep(REPO / "sweeps" / "smoke.yaml", ["search.long_share=[0, 0.25, 0.5, 1]"])
     assert cpus_per_trial(cfg) == pytest.approx(0.99)
@@ -92,7 +92,7 @@ def test_concurrency_follows_declared_resources() -> None:
 
 
 def test_work_the_cluster_can_never_place_is_refused_by_name() -> None:
-    from mixray.plan import check_resources
+    from mixray.sweep.plan import check_resources
 
     cfg = load_sweep(REPO / "sweeps" / "smoke.yaml", ["teachers.long.engine={kind: vllm}"])
     check_resources(load_sweep(REPO / "sweeps" / "smoke.yaml"), {"CPU": 2.0})  # fits

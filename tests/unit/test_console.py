@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mixray import console
-from mixray.console import ConsoleHandler, redirected, tail
+from mixray.sweep import console
+from mixray.sweep.console import ConsoleHandler, redirected, tail
 
 
 class _Tty(io.StringIO):

@@ -1,4 +1,4 @@
-"""The cost preview (mixray.cost, mixray.cost_actual): the estimate's arithmetic on a sweep small
+"""The cost preview (mixray.cost.estimate, mixray.cost.actual): the estimate's arithmetic on a sweep small
 enough to add up by hand, the smoke sweep's estimate without Ray, calibration from a previous
 summary, the section kept out of every key, and the actual training tokens counted as the loop
 builds its rows."""
@@ -17,10 +17,10 @@ import pytest
 import yaml
 
 from mixray.config import load_sweep
-from mixray.cost import estimate, interpolate, params_b, train_rate
-from mixray.cost_actual import format_comparison, row_lengths, steady_rate, trained
-from mixray.summary import format_summary
-from mixray.sweep import main
+from mixray.cost.actual import format_comparison, row_lengths, steady_rate, trained
+from mixray.cost.estimate import estimate, interpolate, params_b, train_rate
+from mixray.sweep.__main__ import main
+from mixray.sweep.summary import format_summary
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "sweeps" / "smoke.yaml"
@@ -116,7 +116,7 @@ def test_smoke_estimate_without_ray() -> None:
     """Random teachers run to max_new_tokens: 24 problems x 48 and x 16 tokens; each trial
     trains 3 steps x 4 rows; evaluation is 8 held-out problems x 16 tokens. No Ray, MLflow,
     torch or transformers is imported to say so."""
-    code = ("import sys, json; from mixray.config import load_sweep; from mixray.cost import "
+    code = ("import sys, json; from mixray.config import load_sweep; from mixray.cost.estimate import "
             f"estimate; e = estimate(load_sweep({str(SMOKE)!r})); print(json.dumps("
             "[e.generate['long'].tokens, e.generate['short'].tokens, "
             "sorted(c.count for c in e.train.values()), "

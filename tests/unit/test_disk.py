@@ -89,14 +89,15 @@ def test_a_finished_torchrun_out_drops_its_checkpoints_and_reads_as_finished(tmp
 def test_stopped_trials_lose_their_checkpoints_unless_all_are_kept(tmp_path, keep, left) -> None:
     from mixray.config import load_sweep
     from mixray.search import Trial
-    from mixray.tune import Outcome, SweepContext, discard_stopped, train_run_dir
+    from mixray.sweep.trial import SweepContext
+    from mixray.sweep.tune import Outcome, discard_stopped
 
     sweep = Path(__file__).resolve().parents[2] / "sweeps" / "smoke.yaml"
     cfg = load_sweep(sweep, [f"run_root={tmp_path}", f"train.keep_checkpoints={keep}"])
     ctx = SweepContext(cfg=cfg, invocation="inv", pools={}, eval_problems="",
                        student_paths={}, parent_run_id="p")
     for name in ("a", "b"):
-        _write(train_run_dir(ctx, name) / "checkpoint_x" / "step2" / "optim_states.pt", 10)
-    discard_stopped(ctx, [Outcome(Trial(name, "tiny-random", {}), {}, None, stopped, [])
+        _write(ctx.train_run(name) / "checkpoint_x" / "step2" / "optim_states.pt", 10)
+    discard_stopped(ctx, [Outcome(Trial(name, "tiny-random", {}), {}, None, stopped, [], cfg)
                           for name, stopped in (("a", True), ("b", False))])
     assert sorted(p.name for p in (tmp_path / "train").iterdir()) == left

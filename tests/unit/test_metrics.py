@@ -1,4 +1,4 @@
-"""mixray's metrics without Ray (mixray/metrics.py, mixray/tune_metrics.py) and the dashboard
+"""mixray's metrics without Ray (mixray/metrics.py, mixray/sweep/callbacks.py) and the dashboard
 files that read them (dashboards/): names as Prometheus will hold them, labels, the no-op path
 outside Ray, trial states, and a Grafana dashboard that only queries metrics that exist.
 
@@ -16,7 +16,8 @@ import pytest
 import yaml
 from ray.tune.experiment import Trial
 
-from mixray import metrics, tune_metrics
+from mixray import metrics
+from mixray.sweep import callbacks as tune_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = REPO / "dashboards"
@@ -156,7 +157,7 @@ def _trial(status: str, last_result: dict | None = None) -> SimpleNamespace:
 
 
 def test_tune_states_tell_finished_from_stopped_early() -> None:
-    from mixray.tune import COMPLETE
+    from mixray.sweep.tune import COMPLETE
 
     assert tune_metrics.COMPLETE == COMPLETE
     trials = [_trial(Trial.TERMINATED, {COMPLETE: True, "eval_accuracy": 0.5}),

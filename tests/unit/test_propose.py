@@ -12,9 +12,17 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from mixray.analysis import Point
 from mixray.config import load_sweep
-from mixray.propose import OBSERVED, QUADRATIC, Proposal, fit_share_curve, main, next_space, propose
+from mixray.propose.__main__ import main
+from mixray.science.analysis import Point
+from mixray.science.proposal import (
+    OBSERVED,
+    QUADRATIC,
+    Proposal,
+    fit_share_curve,
+    next_space,
+    propose,
+)
 
 SHARES = np.array([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
 SE = 0.02

@@ -10,7 +10,7 @@ import pytest
 from mixray.config import load_sweep
 from mixray.evaluate.judge import JUDGE_PROMPT
 from mixray.generate.config import PAPER_PROMPT, VLLMEngineConfig
-from mixray.sweep import main
+from mixray.sweep.__main__ import main
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO / "sweeps").glob("*.yaml"))

@@ -10,7 +10,8 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from mixray.report import main, write_report
+from mixray.report.__main__ import main
+from mixray.report.build import write_report
 
 EXPERIMENT = "report-test"
 STUDENT = "smollm2-135m-instruct"
@@ -126,10 +127,10 @@ def test_files_and_figures(report1: Path) -> None:
 def test_gap_table_and_best_mix(report1: Path) -> None:
     summary = json.loads((report1.parent / "summary.json").read_text())
     (gap,) = summary["gaps"]
-    assert gap["gap_name"] == "ΔLong"
+    assert gap["name"] == "ΔLong"
     assert gap["gap"] == pytest.approx(ACCURACY[1.0] - ACCURACY[0.0])
     assert gap["best_mix"]["share"] == 0.2 and gap["best_mix"]["accuracy"] == pytest.approx(0.55)
-    assert gap["mix_gain"] == pytest.approx(0.55 - max(ACCURACY[0.0], ACCURACY[1.0]))
+    assert gap["best_mix_gain"] == pytest.approx(0.55 - max(ACCURACY[0.0], ACCURACY[1.0]))
     table = report1.read_text().split('id="gap-long-short"')[1].split("</table>")[0]
     cells = re.findall(r"<td>([^<]*)</td>", table)
     assert cells[:4] == [STUDENT, "0.3", "0.4", "-0.1"]
@@ -138,9 +139,9 @@ def test_gap_table_and_best_mix(report1: Path) -> None:
 
 def test_failed_trial_listed_but_not_in_curve(report1: Path) -> None:
     summary = json.loads((report1.parent / "summary.json").read_text())
-    assert sorted(p["share"] for p in summary["curve"]) == sorted(ACCURACY)
+    assert sorted(p["share"] for p in summary["points"]) == sorted(ACCURACY)
     failed_name = f"{STUDENT}-long{FAILED_SHARE:g}"
-    assert all(failed_name not in p["trials"] for p in summary["curve"])
+    assert all(failed_name not in p["trials"] for p in summary["points"])
     html = report1.read_text()
     trials = html.split('id="trials-table"')[1].split("</table>")[0]
     assert f'<tr class="status-FAILED"><td>{failed_name}</td>' in trials
@@ -164,9 +165,9 @@ def test_latest_parent_with_stderr_schedules_benchmarks(store: dict[str, str],
                                                         tmp_path: Path) -> None:
     index = write_report(EXPERIMENT, store["uri"], None, tmp_path)  # default: the latest parent
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["parent_id"] == store["p2"]
+    assert summary["mlflow"]["parent_run_id"] == store["p2"]
     (gap,) = summary["gaps"]
-    assert gap["gap_name"] == "ΔLarge" and gap["gap"] == pytest.approx(0.25 - 0.30)
+    assert gap["name"] == "ΔLarge" and gap["gap"] == pytest.approx(0.25 - 0.30)
     assert gap["best_mix"]["schedule"] == "ramp" and gap["best_mix"]["stderr"] == 0.02
     for name in ("curve.png", "schedules.png", "benchmarks.png"):
         _png_ok(tmp_path / name)

@@ -12,9 +12,9 @@ from mixray.evaluate.scoring import (
     average_over_benchmarks,
     benchmark_metrics,
     maj_at_k,
-    mean_and_stderr,
     pass_at_k,
 )
+from mixray.science.significance import mean_and_stderr
 
 
 @st.composite

@@ -122,8 +122,8 @@ def test_ramp_end_points_are_searchable() -> None:
 
 
 def test_optuna_proposals_decode_to_trials_and_resume_tells_the_finished_ones() -> None:
+    from mixray.sweep.tune import _optuna_search, optuna_trial
     from mixray.tracking import Finished
-    from mixray.tune import _optuna_search, optuna_trial
 
     schedules = [{"kind": "constant"}, {"kind": "length_order"}]
     cfg = _load("search.algorithm=optuna", "search.num_samples=4", "search.long_share=null",
@@ -158,7 +158,7 @@ def test_a_resumed_optuna_study_does_not_propose_a_finished_point_again() -> Non
     """TPE's first points are random draws from its seed: a resumed study seeded like the first
     run re-proposed the very point it had just been told (found end to end: every trial of a
     resumed sweep ran at long_share 0.5488)."""
-    from mixray import tune as mixray_tune
+    from mixray.sweep import tune as mixray_tune
     from mixray.tracking import Finished
 
     cfg = load_sweep(SMOKE, ["search.algorithm=optuna", "search.num_samples=2",

@@ -9,7 +9,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from mixray.significance import (
+from mixray.science.significance import (
     Comparison,
     Scores,
     detectable_difference,

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from mixray.config import load_sweep
-from mixray.summary import format_summary
+from mixray.sweep.summary import format_summary
 
 SMOKE = Path(__file__).parents[2] / "sweeps" / "smoke.yaml"
 
@@ -44,7 +44,7 @@ def test_summary_shows_unknown_errors_and_pools_that_ran_dry() -> None:
 def test_gaps_come_from_the_trials_the_sweep_holds() -> None:
     """ΔLong = P(long only) - P(short only), and the best mix against the best single source,
     over finished trials only: a failed trial and one stopped early never count."""
-    from mixray.sweep import gap_metrics, sweep_findings
+    from mixray.sweep.run import gap_metrics, sweep_findings
 
     cfg = load_sweep(SMOKE, [])
     student = cfg.students[0]
@@ -55,7 +55,8 @@ def test_gaps_come_from_the_trials_the_sweep_holds() -> None:
             _trial("stopped", student, 0.8, eval_accuracy=0.90, stopped_early=True)]
     for row in rows:  # the search's own key, as SweepConfig.trials() names it
         row["params"] = {"mix.long_share": row["long_share"]}
-    found = sweep_findings(cfg, "no-such-invocation", rows, baselines={})
+    configs = {r["trial"]: cfg.for_trial(r["student"], r["params"]) for r in rows}
+    found = sweep_findings(cfg, "no-such-invocation", rows, baselines={}, configs=configs)
     (gap,) = found.gaps
     assert (gap.gap_name, gap.pools) == ("ΔLong", ("long", "short"))
     assert math.isclose(gap.gap, 0.20 - 0.30) and math.isclose(gap.best_single, 0.30)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mixray.config import load_sweep
-from mixray.upstream import teacher_waves
+from mixray.sweep.upstream import teacher_waves
 
 REPO = Path(__file__).resolve().parents[2]
 

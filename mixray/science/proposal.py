@@ -1,38 +1,27 @@
-"""Propose the next mix: where a sweep's finished trials put the best long share, and a sweep file
-that looks there next.
-
-``python -m mixray.propose --experiment NAME [--tracking-uri URI] [--parent RUN_ID]
-[--write NEXT.yaml]`` prints, per student, pair of pools and schedule, the predicted best share
-with its 95% interval and, with ``--write``, the parent's ``config.json`` with its search replaced
-by a ``long_share`` grid over those intervals (`next_space`), named ``<name>-next``.
+"""Propose the next mix: where a sweep's finished trials put the best long share, and the search
+of a sweep that looks there next (`python -m mixray.propose` prints and writes it; the report's
+section (h) shows it).
 
 - `fit_share_curve`: weighted least squares of value = a + b*s + c*s^2 (weights 1/se^2), its
   best share on [0, 1], and a parametric-bootstrap interval of that share (each point redrawn
   from N(value, se^2), refitted); with fewer than 3 distinct shares, the best observed point;
-- `propose`: that fit per (student, pools, schedule) over `mixray.analysis.Point` records;
-- `next_space`: the grid of the next sweep. Pure apart from `write_next_sweep` and `main`.
+- `propose`: that fit per (student, pools, schedule) over `mixray.science.analysis.Point` records;
+- `next_space`: the grid of the next sweep; `next_sweep`: the parent's config searching it. Pure.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
-import yaml
 
-from mixray import logs
-from mixray.analysis import Point, curve_points
-from mixray.config import load_sweep
+from mixray.science.analysis import Point
 from mixray.search import LONG_SHARE
-from mixray.tracking.records import add_invocation_arguments, load_sweep_record, parent_config
 
 log = logging.getLogger(__name__)
 QUADRATIC, OBSERVED = "weighted quadratic", "best observed"
@@ -156,26 +145,6 @@ def next_sweep(config: dict[str, Any], grid: Sequence[float]) -> dict[str, Any]:
     return config | {"name": f"{config['name']}-next", "search": search}
 
 
-def write_next_sweep(tracking_uri: str, parent_id: str, grid: Sequence[float],
-                     path: str | Path) -> Path:
-    """Write the next sweep file from the parent run's config.json; validated, or not left."""
-    config = parent_config(tracking_uri, parent_id)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    before = path.read_bytes() if path.is_file() else None  # a file it replaces comes back
-    path.write_text(yaml.safe_dump(next_sweep(config, grid), sort_keys=False))
-    try:
-        load_sweep(path)
-    except ValueError:
-        if before is None:
-            path.unlink()
-        else:
-            path.write_bytes(before)
-        raise
-    log.info("propose: wrote %s", path)
-    return path
-
-
 def describe(p: Proposal) -> str:
     """One proposal as a line (what is fitted is the eval accuracy)."""
     where = f"{p.pools[0]} vs {p.pools[1]}" + (f", schedule {p.schedule}" if p.schedule else "") \
@@ -186,33 +155,3 @@ def describe(p: Proposal) -> str:
              f", {how} accuracy {p.predicted:.3f}")
     return (f"student {p.student} ({where}): best {p.pools[0]} share {p.best_share:.2f}{interval}"
             f" ({p.method} over {p.n_points} shares){value}")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m mixray.propose",
-        description="The best long share of one sweep's finished trials, and the next sweep.")
-    add_invocation_arguments(parser)
-    parser.add_argument("--write", default=None, metavar="NEXT.yaml",
-                        help="Write the next sweep file here: long_share over the intervals.")
-    args = parser.parse_args(argv)
-    logs.configure()
-    try:
-        rec = load_sweep_record(args.experiment, args.tracking_uri, args.parent)
-        points = curve_points(rec.trials)
-        if not points:
-            raise ValueError(f"parent run {rec.parent_id} of experiment {args.experiment!r} has "
-                             "no finished trials with a long_share and an accuracy")
-        proposals = propose(points)  # the eval accuracy, and its error, is what is fitted
-        for p in proposals:
-            print(describe(p))
-        if args.write:
-            print(write_next_sweep(args.tracking_uri, rec.parent_id, next_space(proposals),
-                                   args.write))
-    except ValueError as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

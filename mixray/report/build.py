@@ -14,55 +14,47 @@ writes ``index.html`` (self-contained apart from the PNG figures next to it) and
 (f) every trial with its status. Trials that did not finish are listed but left out of (a)-(d);
 (g) each point against its student's base model (evaluated before fine-tuning), and the power:
     the smallest difference the evaluation could detect, and the problems a named one needs;
-(h) the next mix: `mixray.propose`'s predicted best share per curve, with its interval.
+(h) the next mix: `mixray.science.proposal`'s predicted best share per curve, with its interval.
 
 Differences in (a) and (g) carry a paired interval over the same problems (and seeds) and a
 significance mark; "best" is the sweep's `search.metric` and `mode`.
 
 The MLflow layout it reads is the one ``mixray.tracking`` writes: a parent run per invocation
 (tag ``mixray.kind=sweep``) and a child run per trial (tag ``mlflow.parentRunId``). This module
-is the driver: `mixray.tracking.records` reads the runs, `mixray.analysis` computes the gaps and curves,
-`mixray.report_figures` draws and `mixray.report_html` renders.
+is the driver (`write_report`; the command line is `mixray.report.__main__`'s):
+`mixray.tracking.records` reads the runs, `mixray.science.analysis` computes the gaps and
+curves, `mixray.report.figures` draws and `mixray.report.html` renders.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
-from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from mixray import logs
-from mixray.analysis import Findings, SweepRecord, record_findings
-from mixray.propose import describe, propose
-from mixray.report_figures import make_figures
-from mixray.report_html import render_html, section_proposals
+from mixray.report.figures import make_figures
+from mixray.report.html import render_html, section_proposals
+from mixray.science.analysis import Findings, SweepRecord, record_findings
+from mixray.science.document import findings_document
+from mixray.science.proposal import describe, propose
 from mixray.store import default_tracking_uri
-from mixray.tracking.records import add_invocation_arguments, load_sweep_record
+from mixray.tracking.records import load_sweep_record
 
 log = logging.getLogger(__name__)
 
 
 def _summary(rec: SweepRecord, found: Findings) -> dict[str, Any]:
+    """The report's summary.json: the sweep's shape (`mixray.science.document`) for the
+    findings and MLflow, with the trials as MLflow holds them."""
     trials = [{k: v for k, v in asdict(t).items() if k not in ("loss_curve", "data_card",
                                                                 "scores")}
               for t in rec.trials]
-    points = [p.record() for p in found.points]
-    gaps = [asdict(g) | {"best_mix": points[found.points.index(g.best_mix)]
-                         if g.best_mix else None} for g in found.gaps]
-    gains = [{"student": g.point.student, "share": g.point.share, "point": g.point.point,
-              "base": g.base, "gain": g.gain, "test": asdict(g.test) if g.test else None}
-             for g in found.gains]
-    return {"experiment": rec.experiment, "parent_id": rec.parent_id, "teachers": rec.teachers,
-            "curate": rec.curate, "metric": rec.metric, "mode": rec.mode, "gaps": gaps,
-            "curve": points, "gains": gains,
-            "baselines": {k: {"accuracy": b.accuracy, "stderr": b.stderr}
-                          for k, b in rec.baselines.items()},
-            "power": asdict(found.power) if found.power else None, "trials": trials}
+    return {"mlflow": {"tracking_uri": rec.tracking_uri, "experiment": rec.experiment,
+                       "parent_run_id": rec.parent_id},
+            "teachers": rec.teachers, "curate": rec.curate, "metric": rec.metric,
+            "mode": rec.mode, "trials": trials} | findings_document(found, rec.baselines)
 
 
 def default_out(experiment: str, parent_id: str) -> Path:
@@ -86,24 +78,3 @@ def write_report(experiment: str, tracking_uri: str | None = None,
                      encoding="utf-8")
     log.info("report: wrote %s", index)
     return index
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m mixray.report",
-        description="Learnability-gap tables and Mix Distillation plots of one sweep, from MLflow.")
-    add_invocation_arguments(parser)
-    parser.add_argument("--out", default=None,
-                        help="Output folder (default: runs/reports/<experiment>/<parent id>/).")
-    args = parser.parse_args(argv)
-    logs.configure()
-    try:
-        index = write_report(args.experiment, args.tracking_uri, args.parent, args.out)
-    except ValueError as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
-    print(index)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

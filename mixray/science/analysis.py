@@ -4,7 +4,7 @@ evaluation could have detected.
 
 Pure functions over plain records (PAPER.md's quantities): no MLflow, no plotting. The records
 are filled in by `mixray.tracking.records.load_sweep_record` (or the sweep's own rows) and drawn
-by `mixray.report_figures` and `mixray.report_html`.
+by `mixray.report.figures` and `mixray.report.html`.
 
 - ΔLong = P(long only) − P(short only) and, when the sweep mixes teachers labelled
   ``large``/``small``, ΔLarge; P is a student's eval accuracy after training on one source only
@@ -13,7 +13,7 @@ by `mixray.report_figures` and `mixray.report_html`.
 - a point is a trial's search values less its seed: repeats over ``search.seeds`` average into one
   point, with the spread over seeds and the evaluations' own error kept apart;
 - every difference between two points of one student is paired on the same problems
-  (`mixray.significance.paired_difference`), when the trials' per-problem scores are known;
+  (`mixray.science.significance.paired_difference`), when the trials' per-problem scores are known;
 - only finished trials with an accuracy and a share count (`Trial.usable`).
 """
 
@@ -27,13 +27,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from mixray.analysis_config import AnalysisConfig
-from mixray.evaluate.scoring import mean_and_stderr
-from mixray.significance import (
+from mixray.science.config import AnalysisConfig
+from mixray.science.significance import (
     Comparison,
     Scores,
     detectable_difference,
     effective_problems,
+    mean_and_stderr,
     paired_difference,
     problems_needed,
 )

@@ -7,7 +7,8 @@ part of its uncertainty, so the bootstrap resamples seeds as well as problems. P
 accuracy: the unweighted mean over benchmarks of each benchmark's mean per-problem score (as
 `mixray.evaluate.scoring.average_over_benchmarks`). `paired_difference` gives the interval,
 p-value and standard error of P(a) - P(b); `detectable_difference` and `problems_needed` the
-power statement, before or after a result. numpy and the standard library only.
+power statement, before or after a result; `mean_and_stderr` the plain mean and its error
+(evaluation's scoring uses it too). numpy and the standard library only.
 """
 
 from __future__ import annotations
@@ -20,6 +21,20 @@ from statistics import NormalDist
 import numpy as np
 
 _BLOCK = 1 << 20  # resampled problem counts held at once: bounds memory (8 MB) on big benchmarks
+
+
+def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample std, ddof=1, over sqrt(n)).
+
+    The error of a single value is unknown, hence NaN: 0 would claim an exact mean."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("mean_and_stderr needs at least one value")
+    mean = math.fsum(values) / n
+    if n == 1:
+        return mean, math.nan
+    variance = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(variance / n)
 
 
 @dataclass(frozen=True)

@@ -15,16 +15,17 @@ import logging
 from pathlib import Path
 
 from mixray import tracking
-from mixray.analysis import Baseline
 from mixray.config import SweepConfig
-from mixray.evaluate.stage import SCORES_FILE, evaluate_model
-from mixray.significance import Scores
+from mixray.evaluate.stage import evaluate_model
+from mixray.runroot import SCORES_FILE
+from mixray.science.analysis import Baseline
+from mixray.science.significance import Scores
 
 log = logging.getLogger(__name__)
 
 
-def evaluate_baselines(cfg: SweepConfig, student_paths: dict[str, Path], eval_problems: Path,
-                       parent_id: str, out_dir: Path) -> dict[str, Baseline]:
+def evaluate_baselines(cfg: SweepConfig, target: tracking.Target, student_paths: dict[str, Path],
+                       eval_problems: Path, parent_id: str, out_dir: Path) -> dict[str, Baseline]:
     """Evaluate every student as it was placed (``student_paths``) into ``out_dir/<name>``.
 
     A student whose evaluation fails (weights that do not load) has no baseline: the error is
@@ -41,10 +42,10 @@ def evaluate_baselines(cfg: SweepConfig, student_paths: dict[str, Path], eval_pr
         except Exception as e:  # noqa: BLE001 - recorded on the parent run, not swallowed
             log.error("baseline %s: the evaluation before fine-tuning failed: %s", student,
                       str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
-            tracking.tag_parent(cfg, parent_id, f"mixray.baseline_error.{Path(student).name}",
+            tracking.tag_parent(target, parent_id, f"mixray.baseline_error.{Path(student).name}",
                                 f"{type(e).__name__}: {e}")
             continue
-        tracking.log_baseline(cfg, parent_id, student, metrics, eval_dir)
+        tracking.log_baseline(target, parent_id, student, metrics, eval_dir)
         scores = Scores.from_json(json.loads((eval_dir / SCORES_FILE).read_text()))
         out[student] = Baseline(student, metrics["eval_accuracy"],
                                 metrics.get("eval_accuracy_stderr"), scores)

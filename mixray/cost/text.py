@@ -1,5 +1,5 @@
 """How the cost preview reads: token counts, durations and the plan's cost lines
-(`format_estimate` of a `mixray.cost.CostEstimate`); `mixray.cost_actual` writes estimate
+(`format_estimate` of a `mixray.cost.estimate.CostEstimate`); `mixray.cost.actual` writes estimate
 against actual with the same words.
 """
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mixray.cost import CostEstimate
+from mixray.cost.estimate import CostEstimate
 
 
 def human(n: float) -> str:
@@ -41,7 +41,7 @@ def gpu_hours_text(hours: float, suffix: str = "") -> str:
 
 def format_estimate(est: CostEstimate) -> list[str]:
     """The plan's cost lines: per teacher, per trial (a range over trials), the total."""
-    head = ("cost     : estimated at mixray/cost_config.py's rates (the cost: section overrides "
+    head = ("cost     : estimated at mixray/cost/config.py's rates (the cost: section overrides "
             "or calibrates them)")
     lines = [head]
     for label, c in est.generate.items():

@@ -3,7 +3,7 @@
 `make_figures` draws those that have data into the report's folder: the Mix Distillation
 curves (accuracy against the share of the first pool, the best mix starred), schedules
 compared, per-benchmark accuracy, the data card (pool sizes, token lengths, realised shares)
-and the per-step train loss. Inputs are the plain records of `mixray.analysis`.
+and the per-step train loss. Inputs are the plain records of `mixray.science.analysis`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mixray.analysis import GapRow, Point, SweepRecord, Trial
+from mixray.science.analysis import GapRow, Point, SweepRecord, Trial
 
 log = logging.getLogger(__name__)
 

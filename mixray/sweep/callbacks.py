@@ -21,9 +21,9 @@ from ray.tune.experiment import Trial
 from mixray import metrics
 
 # The flag on a trial's last report only (absent: stopped early). Defined here, where trial
-# states are read; mixray.tune, which sends it, imports it from here.
+# states are read; mixray.sweep.tune, which sends it, imports it from here.
 COMPLETE = "mixray_trial_complete"
-log = logging.getLogger("mixray.tune")
+log = logging.getLogger("mixray.sweep.tune")
 _STATUS = {Trial.PENDING: "pending", Trial.RUNNING: "running", Trial.PAUSED: "paused",
            Trial.ERROR: "errored"}
 
@@ -67,7 +67,7 @@ class TrialStateMetrics(Callback):
 
 def trial_label(trial: Trial) -> str:
     """mixray's name of a Tune trial: a grid trial carries it in its config; Optuna's are
-    named from Tune's id (mixray.tune.optuna_trial)."""
+    named from Tune's id (mixray.sweep.tune.optuna_trial)."""
     return (trial.config.get("trial") or {}).get("name") or trial.trial_id
 
 
@@ -84,7 +84,7 @@ def _progress(trial: Trial) -> str:
 class TrialConsole(Callback):
     """One live line for the trials (how many in each state, each running one's step, loss and
     tokens/s: what Ray Train forwards) and a line as each one ends; Tune's own tables go to the
-    log file with the rest of its output (mixray.console)."""
+    log file with the rest of its output (mixray.sweep.console)."""
 
     def __init__(self, interval_s: float = 2.0) -> None:
         self.interval_s = interval_s

@@ -15,13 +15,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mixray import cluster, models
+from mixray.artifacts import StageDir, StageRecord, TeacherRecord
 from mixray.config import SweepConfig
-
-if TYPE_CHECKING:  # imported where used: Ray and the stages load slowly
-    from mixray.artifacts import StageDir
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +30,28 @@ class Upstream:
 
     paths: dict[str, Path]  # model spec (students, local teachers, judge) -> folder in run root
     problems: StageDir  # train.parquet and eval.parquet
-    stages: dict[str, dict[str, Any]]  # stage -> where, whether cached, stats (summary.json)
-    pools: dict[str, Path] = field(default_factory=dict)  # teacher label -> pool.parquet
-    curate: dict[str, dict[str, float]] = field(default_factory=dict)  # label -> curate stats
+    problems_cached: bool
+    problems_summary: dict[str, Any]
+    teachers: dict[str, TeacherRecord] = field(default_factory=dict)  # in the sweep file's order
+
+    @property
+    def pools(self) -> dict[str, Path]:
+        return {label: t.pool for label, t in self.teachers.items()}
+
+    @property
+    def curate(self) -> dict[str, dict[str, float]]:
+        return {label: t.curate.stats or {} for label, t in self.teachers.items()}
+
+    def stages(self) -> dict[str, dict[str, Any]]:
+        """The stages as summary.json and the parent's upstream.json keep them: ``problems``,
+        then ``generate.<label>`` and ``curate.<label>`` per teacher (`teacher_records` reads
+        them back)."""
+        out = {"problems": {"path": str(self.problems.path), "cached": self.problems_cached,
+                            "summary": self.problems_summary}}
+        for label, t in self.teachers.items():
+            out[f"generate.{label}"] = t.generate.document()
+            out[f"curate.{label}"] = t.curate.document()
+        return out
 
 
 def teacher_waves(cfg: SweepConfig, capacity: dict[str, float]) -> list[list[str]]:
@@ -79,9 +96,8 @@ def run_upstream(cfg: SweepConfig, timings: dict[str, float]) -> Upstream:
     problems, cached = build_problems(cfg.problems, cfg.run_root_path)
     fetch_benchmarks(cfg.evaluate, cfg.run_root_path)  # hub benchmarks, once, for every trial
     timings["problems"] = time.perf_counter() - t0
-    up = Upstream(paths=paths, problems=problems,
-                  stages={"problems": {"path": str(problems.path), "cached": cached,
-                                       "summary": problems_summary(problems)}})
+    up = Upstream(paths=paths, problems=problems, problems_cached=cached,
+                  problems_summary=problems_summary(problems))
     waves = teacher_waves(cfg, cluster.capacity(node_type=cfg.resources.node_types.teachers))
     t0 = time.perf_counter()
     for wave in waves:
@@ -90,10 +106,7 @@ def run_upstream(cfg: SweepConfig, timings: dict[str, float]) -> Upstream:
         _run_wave(cfg, wave, up, timings)
     timings["teachers"] = time.perf_counter() - t0  # all of them, waves after one another
     # in the sweep file's order, whichever teacher finished first (summary.json, the table)
-    up.pools = {label: up.pools[label] for label in cfg.teachers}
-    up.stages = {k: up.stages[k] for k in ["problems", *(f"{stage}.{label}" for label in
-                                                       cfg.teachers
-                                                       for stage in ("generate", "curate"))]}
+    up.teachers = {label: up.teachers[label] for label in cfg.teachers}
     return up
 
 
@@ -124,26 +137,21 @@ def _teacher(cfg: SweepConfig, label: str, up: Upstream) -> float:
     gen, gen_stats = generate_teacher(label, teacher, model, up.problems, cfg.run_root_path,
                                       cfg.resources.placement("teachers"))
     cur, stats, cur_cached = curate(gen, cfg.curate, cfg.run_root_path)
-    # each thread writes only its own label's keys (run_upstream puts them in file order)
-    up.pools[label], up.curate[label] = cur.path / "pool.parquet", stats
-    up.stages[f"generate.{label}"] = {"path": str(gen.path), "cached": gen_stats is None,
-                                      "stats": gen_stats}
-    up.stages[f"curate.{label}"] = {"path": str(cur.path), "cached": cur_cached, "stats": stats}
+    # each thread writes only its own label (run_upstream puts them in file order)
+    up.teachers[label] = TeacherRecord(StageRecord(gen.path, gen_stats is None, gen_stats),
+                                       StageRecord(cur.path, cur_cached, stats))
     return time.perf_counter() - t0
 
 
-def format_stages(stages: dict[str, Any]) -> str:
+def format_stages(teachers: dict[str, TeacherRecord]) -> str:
     """One line per teacher: rows generated (or reused), failed rows, and what curation kept."""
     lines = []
-    for key, gen in stages.items():
-        if not key.startswith("generate."):
-            continue
-        label = key.removeprefix("generate.")
-        cur = stages[f"curate.{label}"]["stats"]
-        made = ("reused" if gen["cached"] else
-                f"{gen['stats']['rows']} generated, {gen['stats']['resumed_rows']} resumed")
+    for label, t in teachers.items():
+        gen, cur = t.generate, t.curate.stats or {}
+        made = ("reused" if gen.cached or gen.stats is None else
+                f"{gen.stats['rows']} generated, {gen.stats['resumed_rows']} resumed")
         lines.append(f"teacher {label}: {cur['rows']} rows ({made}), "
                      f"{round(cur['error_rate'] * cur['rows'])} failed "
                      f"({100 * cur['error_rate']:.1f}%), {cur['accepted']} correct "
-                     f"({100 * cur['acceptance_rate']:.0f}%), {gen['path']}")
+                     f"({100 * cur['acceptance_rate']:.0f}%), {gen.path}")
     return "\n".join(lines)

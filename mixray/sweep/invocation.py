@@ -2,8 +2,8 @@
 
 Each invocation has a folder ``<run root>/sweeps/<name>/<id>/`` holding ``state.json`` (the
 resume key, the MLflow parent run, the status) and, once it ends, ``summary.json``; its trials
-write under ``<run root>/trials/<id>/<trial>/`` (`trial_dir`), its baselines under
-``<run root>/trials/<id>/_baselines/``.
+write under ``<run root>/trials/<id>/<trial>/``, its baselines under
+``<run root>/trials/<id>/_baselines/`` (every path from `mixray.runroot.RunRoot`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mixray.config import SweepConfig
+from mixray.runroot import RunRoot
 
 
 @dataclass
@@ -22,23 +23,25 @@ class Invocation:
     """One run of a sweep: its id, its MLflow parent and its status, kept in state.json so that
     `--resume` can find an interrupted run and continue it under the same parent."""
 
-    dir: Path
+    root: RunRoot
+    sweep: str
+    id: str
     resume_key: str
     parent_run_id: str | None = None
     status: str = "running"  # running | finished | failed | interrupted
 
     @property
-    def id(self) -> str:
-        return self.dir.name
+    def dir(self) -> Path:
+        return self.root.invocation(self.sweep, self.id)
 
     @classmethod
     def new(cls, cfg: SweepConfig) -> Invocation:
         invocation_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        return cls(cfg.run_root_path / "sweeps" / cfg.name / invocation_id, cfg.resume_key())
+        return cls(cfg.root, cfg.name, invocation_id, cfg.resume_key())
 
     @classmethod
     def latest_unfinished(cls, cfg: SweepConfig) -> Invocation:
-        states = sorted((cfg.run_root_path / "sweeps" / cfg.name).glob("*/state.json"))
+        states = sorted(cfg.root.sweep(cfg.name).glob("*/state.json"))
         for path in reversed(states):
             state = json.loads(path.read_text())
             if state["status"] == "finished":
@@ -48,13 +51,14 @@ class Invocation:
                     f"--resume: the interrupted run {path.parent.name} of sweep {cfg.name!r} "
                     "used a different configuration (only search and resources may change); "
                     "run without --resume to start a new sweep")
-            return cls(path.parent, state["resume_key"], state["parent_run_id"], state["status"])
+            return cls(cfg.root, cfg.name, path.parent.name, state["resume_key"],
+                       state["parent_run_id"], state["status"])
         raise ValueError(f"--resume: sweep {cfg.name!r} has no interrupted run under "
-                         f"{cfg.run_root_path / 'sweeps' / cfg.name}")
+                         f"{cfg.root.sweep(cfg.name)}")
 
     def trial_dir(self, trial: str) -> Path:
         """Where a trial of this invocation writes its mix and evaluation."""
-        return trial_dir(self.dir.parents[2], self.id, trial)
+        return self.root.trial(self.id, trial)
 
     def save(self, status: str) -> None:
         self.status = status
@@ -62,22 +66,3 @@ class Invocation:
         state = {"resume_key": self.resume_key, "parent_run_id": self.parent_run_id,
                  "status": status}
         (self.dir / "state.json").write_text(json.dumps(state, indent=2))
-
-
-def trial_dir(run_root: Path, invocation: str, trial: str) -> Path:
-    """Where a trial of an invocation writes (mixray.tune.run_trial): its mix, its evaluation;
-    the same on --resume (same invocation)."""
-    return run_root / "trials" / invocation / trial
-
-
-def git_commit() -> str:
-    """The commit of the checkout the sweep runs from ('unknown' outside git, e.g. a Ray job's
-    uploaded working dir, which carries no .git)."""
-    head = Path(__file__).resolve().parent.parent / ".git"
-    try:
-        ref = (head / "HEAD").read_text().strip()
-        if ref.startswith("ref: "):
-            ref = (head / ref[5:]).read_text().strip()
-        return ref
-    except OSError:
-        return "unknown"

@@ -1,13 +1,16 @@
 """What a sweep will do, said and checked before it does any of it: the plan `--dry-run` prints
-(with `mixray.cost`'s preview: tokens, time, GPU-hours, and what the evaluation can detect), and
-the check that every trial and generation actor fits the cluster (`check_resources`)."""
+(with `mixray.cost.estimate`'s preview: tokens, time, GPU-hours, and what the evaluation can
+detect), and the check that every trial and generation actor fits the cluster
+(`check_resources`)."""
 
 from __future__ import annotations
 
-from mixray import cluster, cost, cost_format
+from mixray import cluster
 from mixray.config import SweepConfig
-from mixray.resources import cpus_per_trial, gpus_per_trial
-from mixray.significance import detectable_difference, effective_problems, problems_needed
+from mixray.cost.estimate import benchmark_sizes, estimate
+from mixray.cost.text import format_estimate
+from mixray.science.significance import detectable_difference, effective_problems, problems_needed
+from mixray.sweep.resources import cpus_per_trial, gpus_per_trial
 
 
 def _source(cfg: SweepConfig) -> str:
@@ -48,7 +51,7 @@ def plan(cfg: SweepConfig) -> str:
         f"resources: {cpus_per_trial(cfg):g} CPU + {gpus_per_trial(cfg):g} GPU per trial, "
         f"{r.cpus_per_engine:g} CPU per generation actor",
         power_plan(cfg),
-        *cost_format.format_estimate(cost.estimate(cfg)),
+        *format_estimate(estimate(cfg)),
     ]
     return "\n".join(lines)
 
@@ -57,7 +60,7 @@ def power_plan(cfg: SweepConfig) -> str:
     """What the evaluation can detect before any result is in: the unpaired bound at accuracy
     0.5 (the largest variance), so pairing, samples and a known accuracy only improve on it."""
     a = cfg.analysis
-    sizes = cost.benchmark_sizes(cfg)
+    sizes = benchmark_sizes(cfg)
     n_eff = effective_problems(sizes)
     seeds = len(cfg.search.seeds or [None])
     mde = detectable_difference(n_eff, 0.5, alpha=a.alpha, power=a.power)

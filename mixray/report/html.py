@@ -4,7 +4,7 @@ Sections (a) learnability gaps, each difference with its paired interval and sig
 (b) accuracy against mix share (means over seeds, their errors apart), (c) schedules compared,
 (d) per-benchmark accuracy, (e) the data card, (f) every trial with its status, (g) trust: each
 point against its base model and what the evaluation could detect, rendered from the plain
-records of `mixray.analysis` and the figure names `mixray.report_figures` returns. No
+records of `mixray.science.analysis` and the figure names `mixray.report.figures` returns. No
 scripts, stylesheets or remote images: the page opens from a file:// URL anywhere.
 """
 
@@ -15,7 +15,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from mixray.analysis import (
+from mixray.science.analysis import (
     GAP_NAMES,
     Findings,
     Gain,
@@ -26,7 +26,7 @@ from mixray.analysis import (
     gap_name,
     power_line,
 )
-from mixray.significance import Comparison
+from mixray.science.significance import Comparison
 
 
 def fmt(value: float | None, signed: bool = False) -> str:
@@ -231,7 +231,7 @@ def section_trust(rec: SweepRecord, found: Findings) -> str:
 
 
 def section_proposals(lines: Sequence[str]) -> str:
-    """(h) Where the next sweep should look: `mixray.propose`'s lines, one per curve."""
+    """(h) Where the next sweep should look: `mixray.science.proposal`'s lines, one per curve."""
     body = "".join(f"<li>{html.escape(line)}</li>" for line in lines) if lines else ""
     content = f'<ul id="proposals">{body}</ul>' if lines else _note("No curve to fit yet.")
     hint = _note("A weighted quadratic of accuracy against the share (each point weighed by its "

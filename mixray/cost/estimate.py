@@ -1,6 +1,6 @@
 """The cost preview: what a sweep will generate, train and evaluate, in tokens, seconds and
 GPU-hours, before it runs (`estimate`; `--dry-run` prints it in the plan, in the words of
-`mixray.cost_format`).
+`mixray.cost.text`).
 
 Tokens: a teacher generates problems x sampling.n x the expected tokens per response; a trial
 trains on the rows it consumes (epochs x the mix's rows, or max_steps x the global batch) x the
@@ -9,9 +9,9 @@ an evaluation generates benchmark problems x sampling.n x the expected response,
 trained student is its mix's mean response. Seconds: a start-up cost plus tokens / (rate per
 unit x units), a unit being a GPU where the stage has them, else a CPU replica (generation) or
 a training worker; GPU-hours = seconds x GPUs. The rates and every other default are in
-`mixray.cost_config` with their sources; the sweep file's `cost:` section overrides them, and
+`mixray.cost.config` with their sources; the sweep file's `cost:` section overrides them, and
 ``cost.calibrate_from`` takes them from a previous sweep's measurements
-(`mixray.cost_actual` writes them to summary.json). No Ray, no MLflow.
+(`mixray.cost.actual` writes them to summary.json). No Ray, no MLflow.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mixray import cost_config as d
 from mixray.config import SweepConfig
-from mixray.cost_config import Table, Throughput
+from mixray.cost import config as d
+from mixray.cost.config import Table, Throughput
 from mixray.generate.config import ModelRun
 from mixray.problems.config import DatasetSource
 from mixray.problems.datasets import read_local
@@ -55,7 +55,7 @@ class CostEstimate:
     train: dict[str, StageCost]  # trial name (Optuna: student) ->
     evaluate: dict[str, StageCost]
     notes: list[str]
-    baselines: dict[str, StageCost] = field(default_factory=dict)  # student -> (mixray.baseline)
+    baselines: dict[str, StageCost] = field(default_factory=dict)  # student -> (sweep.baseline)
 
     def stages(self) -> list[StageCost]:
         return [*self.generate.values(), *self.train.values(), *self.evaluate.values(),
@@ -74,7 +74,7 @@ def params_b(spec: str) -> float | None:
 
 
 def interpolate(table: Table, size: float) -> float:
-    """tokens/s at `size` billion parameters (`mixray.cost_config.Throughput` says how)."""
+    """tokens/s at `size` billion parameters (`mixray.cost.config.Throughput` says how)."""
     points = sorted(table.items())
     if size <= points[0][0]:
         return points[0][1]
@@ -342,7 +342,7 @@ def estimate(cfg: SweepConfig) -> CostEstimate:
     cannot be read."""
     measured, chars = calibration(cfg), problem_chars(cfg)
     train, evaluate = {}, {}
-    if cfg.search.algorithm == "optuna":  # proposals are not known: the base mix, n times each
+    if cfg.search.proposes_while_running:  # proposals are not known: the base mix, n times each
         plans = [(s, s, {}, cfg.search.num_samples) for s in cfg.students]
     else:
         plans = [(t.name, t.student, t.params, 1) for t in cfg.trials()]
@@ -354,6 +354,6 @@ def estimate(cfg: SweepConfig) -> CostEstimate:
     if cfg.evaluate.judge is not None:
         notes.append("the judge's tokens are not counted (one short verdict per rejected answer)")
     generate = {label: generation_cost(cfg, label, measured) for label in cfg.teachers}
-    # each student once before fine-tuning, on the trials' problems (mixray.baseline)
+    # each student once before fine-tuning, on the trials' problems (mixray.sweep.baseline)
     baselines = {s: _evaluate(cfg.for_trial(s, {}), measured, 1) for s in cfg.students}
     return CostEstimate(generate, train, evaluate, notes, baselines)

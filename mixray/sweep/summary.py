@@ -1,7 +1,7 @@
 """The summary a sweep prints when it ends: per student its trials, its base model, the mean
 over seeds, the best trial by `search.metric`, the gaps with their paired intervals; the power;
 the cost against its estimate; and where to look next. Reads only the summary document
-(`mixray.sweep.run_sweep`'s summary.json), so a summary read back from disk prints the same.
+(`mixray.sweep.run.run_sweep`'s summary.json), so a summary read back from disk prints the same.
 """
 
 from __future__ import annotations
@@ -9,11 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mixray import cost_actual, disk
-from mixray.analysis import Power, power_line
+from mixray import disk
+from mixray.artifacts import teacher_records
 from mixray.config import SweepConfig
-from mixray.console import tail
-from mixray.upstream import format_stages
+from mixray.cost.actual import format_comparison
+from mixray.science.analysis import Power, power_line
+from mixray.sweep.console import tail
+from mixray.sweep.upstream import format_stages
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -66,8 +68,8 @@ def format_summary(cfg: SweepConfig, summary: dict[str, Any], log: Path | None =
           f"{store} --workers 1 --host 127.0.0.1 --port 5000   # then open http://127.0.0.1:5000")
     size = f"run root: {summary['disk']['run_root']} {disk.human_size(summary['disk']['bytes'])}"
     if "cost" in summary:
-        blocks.append(cost_actual.format_comparison(summary["cost"]))
-    return ("\n" + format_stages(summary["stages"]) + "\n\n" + "\n\n".join(blocks)
+        blocks.append(format_comparison(summary["cost"]))
+    return ("\n" + format_stages(teacher_records(summary["stages"])) + "\n\n" + "\n\n".join(blocks)
             + f"\n\ntime: {stages}\n{size}\n"
             f"summary: {summary['summary_path']}\n"
             f"MLflow experiment {cfg.experiment!r}, "

@@ -1,5 +1,6 @@
-"""What a finished sweep spent, read from its files, against the estimate (`mixray.cost`): the
-"cost" of summary.json and the summary's estimate-against-actual lines.
+"""What a finished sweep spent, read from its files, against the estimate
+(`mixray.cost.estimate`): the "cost" of summary.json and the summary's estimate-against-actual
+lines.
 
 Actual tokens: a teacher's and an evaluation's are the n_tokens of every row of their
 generations (made now or before); a trial's training tokens are those of the rows its loop
@@ -21,8 +22,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from mixray.artifacts import TeacherRecord
 from mixray.config import SweepConfig
-from mixray.cost import (
+from mixray.cost.estimate import (
     StageCost,
     calibration,
     generation_cost,
@@ -31,7 +33,8 @@ from mixray.cost import (
     trial_costs,
     units,
 )
-from mixray.cost_format import about, duration, human
+from mixray.cost.text import about, duration, human
+from mixray.runroot import METRICS_FILE
 from mixray.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -103,16 +106,16 @@ def _pair(est: StageCost, actual: dict[str, Any] | None) -> dict[str, Any]:
                          "gpu_hours": est.gpu_hours}, "actual": actual}
 
 
-def _teachers(cfg: SweepConfig, summary: dict[str, Any], measured: Any,
+def _teachers(cfg: SweepConfig, records: dict[str, TeacherRecord], measured: Any,
               out: dict[str, Any]) -> None:
     for label, teacher in cfg.teachers.items():
         actual = None
         try:
-            stage = summary["stages"][f"generate.{label}"]
-            tokens, rows = generated(Path(stage["path"]) / "data")
-            stats = json.loads((Path(stage["path"]) / "stats.json").read_text())
-            actual = {"tokens": tokens, "seconds": stats["seconds"], "cached": stage["cached"]}
-            curated = summary["stages"][f"curate.{label}"]["stats"]
+            gen = records[label].generate
+            tokens, rows = generated(gen.path / "data")
+            stats = json.loads((gen.path / "stats.json").read_text())
+            actual = {"tokens": tokens, "seconds": stats["seconds"], "cached": gen.cached}
+            curated = records[label].curate.stats
             n_units, gpus = units(teacher)
             rate = steady_rate(stats["tokens_per_s"] * stats["seconds"], stats["seconds"],
                                n_units, startup(cfg.cost.throughput, "generate", gpus))
@@ -133,26 +136,27 @@ def _average(into: dict[str, dict[str, Any]], key: str, values: dict[str, Any]) 
                        for k, v in values.items() if v is not None} | {"trials": n + 1}
 
 
-def compare(cfg: SweepConfig, summary: dict[str, Any],
-            student_paths: dict[str, Path]) -> dict[str, Any]:
-    """Estimate and actual, per teacher and per trial, and what was measured. Never raises on
-    a missing file (a trial that failed or never ran has no actual): the summary is written
-    whatever this finds."""
+def compare(cfg: SweepConfig, summary: dict[str, Any], student_paths: dict[str, Path],
+            teachers: dict[str, TeacherRecord], configs: dict[str, SweepConfig]) -> dict[str, Any]:
+    """Estimate and actual, per teacher (``teachers``: what the upstream stages made) and per
+    trial of the summary (``configs``: each one's own config, by name), and what was measured.
+    Never raises on a missing file (a trial that failed or never ran has no actual): the
+    summary is written whatever this finds."""
     from transformers import AutoTokenizer
 
     measured, chars = calibration(cfg), problem_chars(cfg)
     out: dict[str, Any] = {"generate": {}, "train": {}, "evaluate": {},
                            "measured": {"generate": {}, "train": {}, "evaluate": {}}}
-    _teachers(cfg, summary, measured, out)
-    root, inv = cfg.run_root_path, summary["invocation"]
+    _teachers(cfg, teachers, measured, out)
+    root, inv = cfg.root, summary["invocation"]
     tokenizers: dict[str, Any] = {}
     prefixes: dict[str, dict[str, int]] = {}
     for row in summary["trials"]:
         name, student = row["trial"], row["student"]
-        one = cfg.for_trial(student, row["params"])
+        one = configs[name]
         est_train, est_eval = trial_costs(one, chars, measured)
         train = evaluate = None
-        trial_dir, train_dir = root / "trials" / inv / name, root / "train" / f"{inv}-{name}"
+        trial_dir, train_dir = root.trial(inv, name), root.train_run(inv, name)
         try:
             # only for a trial that trained: a student that cannot load has no tokenizer either
             if student not in tokenizers and any(train_dir.glob("checkpoint_*/history.json")):
@@ -164,8 +168,8 @@ def compare(cfg: SweepConfig, summary: dict[str, Any],
                 gpu = one.resources.gpus_per_train_worker > 0
                 _average(out["measured"]["train"], student, {
                     "gpu": gpu, "tokens_per_s_per_worker": train["tokens_per_s_per_worker"]})
-            if (trial_dir / "eval" / "metrics.json").is_file():
-                metrics = json.loads((trial_dir / "eval" / "metrics.json").read_text())
+            if (root.trial_eval(inv, name) / METRICS_FILE).is_file():
+                metrics = json.loads((root.trial_eval(inv, name) / METRICS_FILE).read_text())
                 tokens, rows = generated(Path(metrics["generations"]) / "data")
                 evaluate = {"tokens": tokens, "seconds": row.get("time_eval_s")
                             or metrics["generation"]["seconds"]}

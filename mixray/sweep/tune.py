@@ -1,4 +1,5 @@
-"""Ray Tune over the search space: each trial runs mix -> train -> evaluate on its own config.
+"""Ray Tune over the search space: each trial (`mixray.sweep.trial.run_trial`) runs mix -> train
+-> evaluate on its own config.
 
 Grid and random search run an explicit list of trials (`SweepConfig.trials()`), so names are
 stable and `--resume` reruns only the missing ones; Optuna (TPE) proposes points while the sweep
@@ -9,56 +10,37 @@ least at the steps of its rungs: train_loss, or val_loss on the problems the mix
 
 The trial itself reserves almost nothing (0.01 CPU); its TorchTrainer asks for its own workers,
 which Tune does not count (Ray Train V2), so concurrency is derived from the declared resources
-(`mixray.resources`) to keep trials from waiting on each other forever.
+(`mixray.sweep.resources`) to keep trials from waiting on each other forever.
 
-Trials are `mixray.search.Trial` records and each run returns an `Outcome`. Tune carries a grid
-trial in its config as a plain dict (`_grid_space` / `_grid_trial`, the one boundary).
+Trials are `mixray.search.Trial` records and each run returns an `Outcome`, which carries the
+trial's own config for every step after it. Tune carries a grid trial in its config as a plain
+dict (`_grid_space` / `_grid_trial`, the one boundary).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
-import time
-import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.result import AUTO_RESULT_KEYS
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from mixray import cluster, disk, logs, tracking
+from mixray import cluster, disk, logs
 from mixray.config import SweepConfig
-from mixray.evaluate.stage import evaluate_model
-from mixray.invocation import trial_dir
-from mixray.metrics import set_context as set_metrics_context
-from mixray.mix.stage import MixOutput, run_mix
-from mixray.resources import TRIAL_CPU, max_concurrent_trials
 from mixray.search import Domain, Trial, trial_name
+from mixray.sweep.callbacks import COMPLETE, TrialConsole, TrialStateMetrics
+from mixray.sweep.resources import TRIAL_CPU, max_concurrent_trials
+from mixray.sweep.trial import SweepContext, run_trial
 from mixray.tracking import Finished
-from mixray.train.launch import keep_only_student, train_from_config
-from mixray.tune_metrics import COMPLETE, TrialConsole, TrialStateMetrics
 
 log = logging.getLogger(__name__)
 NOT_HISTORY = {*AUTO_RESULT_KEYS, "done", "trial_id", "checkpoint_path", "should_checkpoint",
                COMPLETE}
-
-
-@dataclass(frozen=True)
-class SweepContext:
-    """What every trial shares: files from the upstream stages and the MLflow parent."""
-
-    cfg: SweepConfig
-    invocation: str  # a unique id of this sweep invocation (names trial outputs)
-    pools: dict[str, Path]  # teacher label -> pool.parquet
-    eval_problems: str
-    student_paths: dict[str, str]  # student spec -> local HF dir
-    parent_run_id: str
 
 
 @dataclass(frozen=True)
@@ -70,85 +52,7 @@ class Outcome:
     error: str | None  # why it failed; None: it finished or the scheduler stopped it
     stopped_early: bool  # the scheduler (ASHA) stopped it
     history: list[dict[str, float]]  # the per-step reports Ray Train forwarded
-
-
-def run_trial(trial: Trial, ctx: SweepContext) -> dict[str, float]:
-    """One trial: its mix, its training, its evaluation, in MLflow (with the node's system
-    metrics while it runs). Returns the metrics, with the wall time of each part
-    (benchmarks/sweep.py reads them)."""
-    started = time.perf_counter()
-    set_metrics_context(student=trial.student, trial=trial.name)  # labels its Train workers' too
-    cfg = ctx.cfg.for_trial(trial.student, trial.params)
-    out = trial_dir(cfg.run_root_path, ctx.invocation, trial.name)
-    out.mkdir(parents=True, exist_ok=True)
-    run_id = tracking.start_child(cfg, ctx.parent_run_id, trial)
-    stopping = _tune_stop_event()
-    try:
-        with tracking.system_metrics(cfg, run_id):
-            metrics, history, mix, model_dir = _mix_train_evaluate(trial, ctx, cfg, run_id, out)
-        metrics["time_trial_s"] = time.perf_counter() - started  # MLflow's own logging excepted
-        tracking.finish_child(cfg, run_id, history, metrics, mix.card, out / "eval")
-    except BaseException:
-        if stopping.is_set():  # the driver closes a stopped trial's run (sweep._close_stopped)
-            log.info("trial %s: stopped by Tune while running", trial.name)
-        else:
-            tracking.fail_child(cfg, run_id, traceback.format_exc())
-        raise
-    # Only now: a trial that fails before this point is rerun by --resume, and its Train run
-    # (the same name) resumes from these checkpoints, even after a failed evaluation.
-    if cfg.train.keep_checkpoints == "resume":
-        keep_only_student(model_dir)
-    return metrics
-
-
-def _tune_stop_event() -> threading.Event:
-    """Set once Tune has begun stopping this trial (ASHA's cut, the sweep ending). Ray 2.60's
-    FunctionTrainable.cleanup sets it, then ends the actor; the ending can interrupt the trial's
-    thread with an error that is not the trial's (tracking.fail_child). Ray has no public API
-    for this, and cleanup drops the session, so the event is taken when the trial starts."""
-    from ray.train._internal.session import get_session
-
-    session = get_session()
-    return session.stop_event if session is not None else threading.Event()
-
-
-def _mix_train_evaluate(trial: Trial, ctx: SweepContext, cfg: SweepConfig, run_id: str,
-                        out: Path) -> tuple[dict[str, float], list[dict], MixOutput, Path]:
-    """The three parts of a trial: (metrics, the training history, the mix, the student)."""
-    t0 = time.perf_counter()
-    mix = run_mix(cfg.mix, ctx.pools, out)
-    tracking.log_mix_input(cfg, run_id, mix.manifest, mix.card["content_hash"])
-    t1 = time.perf_counter()
-    model_dir, history = train_from_config(
-        cfg.train, model_path=ctx.student_paths[trial.student],
-        manifest_path=str(mix.manifest), torch_threads=cfg.resources.torch_threads,
-        validation_path=str(mix.validation) if mix.validation else None,
-        cpus_per_worker=cfg.resources.cpus_per_train_worker,
-        gpus_per_worker=cfg.resources.gpus_per_train_worker,
-        node_type=cfg.resources.node_types.train_workers,
-        storage=cfg.run_root_path / "train",
-        name=train_run_dir(ctx, trial.name).name, callbacks=[TuneReportCallback()],
-        report_steps=_rung_steps(ctx.cfg),  # the sweep's: a trial's cfg has no search
-    )
-    t2 = time.perf_counter()
-    metrics = evaluate_model(
-        model_dir, Path(ctx.eval_problems), cfg.evaluate, cfg.train.system_prompt, out / "eval",
-        root=cfg.run_root_path, placement=cfg.resources.placement("evaluation"),
-    )
-    t3 = time.perf_counter()
-    metrics |= {k: v for k, v in history[-1].items() if k.startswith("val_loss")}
-    metrics |= {"train_loss": history[-1]["train_loss"], "train_steps": len(history),
-                "mix_rows": mix.card["rows"],
-                # pools the others had to stand in for (data_card.json says where, how much)
-                "mix_pools_ran_dry": len({d["pool"] for d in mix.card["ran_dry"]}),
-                "time_mix_s": t1 - t0, "time_train_s": t2 - t1, "time_eval_s": t3 - t2}
-    return metrics, history, mix, model_dir
-
-
-def train_run_dir(ctx: SweepContext, trial: str) -> Path:
-    """Where Ray Train keeps a trial's run: the same on --resume (same invocation), so a failed
-    trial resumes from its checkpoints."""
-    return ctx.cfg.run_root_path / "train" / f"{ctx.invocation}-{trial}"
+    config: SweepConfig  # the trial's own (SweepConfig.for_trial): what later steps read
 
 
 def discard_stopped(ctx: SweepContext, outcomes: list[Outcome]) -> None:
@@ -160,7 +64,7 @@ def discard_stopped(ctx: SweepContext, outcomes: list[Outcome]) -> None:
         return
     for o in outcomes:
         if o.stopped_early:
-            freed = disk.remove(train_run_dir(ctx, o.trial.name))
+            freed = disk.remove(ctx.train_run(o.trial.name))
             log.info("trial %s stopped early: freed %s of checkpoints", o.trial.name,
                      disk.human_size(freed))
 
@@ -213,18 +117,12 @@ def optuna_trial(cfg: SweepConfig, student: str, config: dict[str, Any], trial_i
                  params=params)
 
 
-def _rung_steps(cfg: SweepConfig) -> list[int]:
-    """The steps a trial's scheduler judges it at, so Train reports those whatever its interval."""
-    s = cfg.search.scheduler
-    return s.rung_steps() if s.kind == "asha" else []
-
-
 def _scheduler(cfg: SweepConfig) -> ASHAScheduler | None:
     s = cfg.search.scheduler
     if s.kind == "fifo":
         return None
     # Rungs count training steps (the loop's `step`), not reports: Train sends one at most every
-    # 2 s (train/launch.py) and always at the rungs' steps (_rung_steps). The
+    # 2 s (train/launch.py) and always at the rungs' steps (trial.rung_steps). The
     # trial's last report (evaluation) has no step and so never enters a rung. No max_t:
     # training length is the train section's business; never stop a trial for age.
     return ASHAScheduler(time_attr="step", metric=s.metric, mode=s.mode,
@@ -244,7 +142,7 @@ def _fit(ctx: SweepContext, trainable, param_space: dict, num_samples: int, conc
         param_space=param_space,
         tune_config=tune.TuneConfig(num_samples=num_samples, max_concurrent_trials=concurrency,
                                     search_alg=search_alg, scheduler=_scheduler(ctx.cfg)),
-        run_config=tune.RunConfig(name=name, storage_path=str(ctx.cfg.run_root_path / "tune"),
+        run_config=tune.RunConfig(name=name, storage_path=str(ctx.cfg.root.tune),
                                   callbacks=[TrialStateMetrics(name), TrialConsole()],
                                   # A trial whose process is lost with its node (or that
                                   # fails) runs again, up to train.max_failures times: its
@@ -264,7 +162,7 @@ def run_tune(ctx: SweepContext, todo: list[Trial], done: dict[str, Finished]) ->
     capacity = cluster.capacity(node_type=cfg.resources.node_types.train_workers)
     concurrency = max_concurrent_trials(cfg, capacity.get("CPU", 0.0), capacity.get("GPU", 0.0))
     base = f"{cfg.name}-{ctx.invocation}"
-    if cfg.search.algorithm != "optuna":
+    if not cfg.search.proposes_while_running:
         log.info("tune: %d trials, %d at a time", len(todo), min(concurrency, len(todo)))
         trainable = tune.with_parameters(_grid_trainable, ctx=ctx)
         grid = _fit(ctx, trainable, _grid_space(todo), 1, concurrency, base)
@@ -321,7 +219,8 @@ def _outcome(result: tune.Result, trial: Trial, cfg: SweepConfig) -> Outcome:
                and not metrics.get(COMPLETE, False))
     return Outcome(trial=trial, metrics=metrics,
                    error=str(result.error) if result.error else None,
-                   stopped_early=stopped, history=_train_history(result))
+                   stopped_early=stopped, history=_train_history(result),
+                   config=cfg.for_trial(trial.student, trial.params))
 
 
 def _train_history(result: tune.Result) -> list[dict[str, float]]:

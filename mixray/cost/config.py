@@ -1,4 +1,4 @@
-"""The `cost` section and the default rates of the cost preview (`mixray.cost`), with where
+"""The `cost` section and the default rates of the cost preview (`mixray.cost.estimate`), with where
 each default comes from. A leaf like the stages' sections: `mixray.config` composes it.
 
 Nothing here changes what a sweep computes: the section is out of every artifact key and of the
@@ -52,7 +52,7 @@ Stage = Literal["generate", "train", "evaluate"]
 
 class Throughput(Strict):
     """Rates of the time estimate. Table points (billions of parameters -> tokens/s per unit)
-    replace or add to the defaults in mixray/cost_config.py; between points a rate follows a
+    replace or add to the defaults in mixray/cost/config.py; between points a rate follows a
     straight line in log-log, below the smallest it stays flat, above the largest it falls as
     1/params (decoding reads every weight once per token)."""
 
@@ -73,8 +73,8 @@ class Throughput(Strict):
 
 
 class StyleTokens(Strict):
-    """Expected tokens per teacher response, by CoT style (`mixray.cost.cot_style`), capped at
-    the teacher's max_new_tokens."""
+    """Expected tokens per teacher response, by CoT style (`mixray.cost.estimate.cot_style`),
+    capped at the teacher's max_new_tokens."""
 
     long: int = Field(1800, ge=1, description="3 x short: long CoT rows are about 3x the bytes "
                       "of short ones (PAPER.md, Data).")

@@ -1,5 +1,5 @@
 """The `analysis` section: how a sweep's differences are tested and what power is asked of it.
-A leaf like the stages' sections: `mixray.config` composes it, `mixray.analysis` uses it.
+A leaf like the stages' sections: `mixray.config` composes it, `mixray.science.analysis` uses it.
 
 Nothing here changes what a sweep computes (no artifact is keyed by it): only how the summary,
 the parent run's metrics and the report judge the results.
