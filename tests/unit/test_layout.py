@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,68 @@ def test_no_import_cycle_among_mixray_modules() -> None:
     Function-level imports count too: they defer a circle, they do not remove it."""
     cycle = _find_cycle(_import_graph())
     assert cycle is None, " -> ".join(cycle or [])
+
+
+LAYOUT = REPO / "docs" / "LAYOUT.md"
+FOUNDATIONS = ("schema", "runroot", "artifacts", "models", "grading", "logs", "runtime",
+               "cluster", "disk", "store", "metrics")
+ROLES = ("science", "tracking", "cost", "sweep", "report", "propose")
+
+
+def _layout_section(title: str) -> str:
+    text = LAYOUT.read_text()
+    start = text.index(f"## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start: end if end != -1 else None]
+
+
+def test_the_top_level_holds_what_the_map_says() -> None:
+    """docs/LAYOUT.md names the top level's entries (foundations, the sweep file, the stages,
+    the role folders); a new file there is a new room the map must show first."""
+    named = set(re.findall(r"`([a-z_]+(?:\.py|/))`", _layout_section("The top level")))
+    named |= {f"{f}.py" for f in FOUNDATIONS if (REPO / "mixray" / f"{f}.py").exists()}
+    named |= {f"{f}/" for f in FOUNDATIONS if (REPO / "mixray" / f).is_dir()}
+    present = {p.name + ("/" if p.is_dir() else "") for p in (REPO / "mixray").iterdir()
+               if p.name not in ("__init__.py", "__pycache__")}
+    assert present == named, (f"not in the map: {sorted(present - named)}; "
+                              f"in the map, not in mixray/: {sorted(named - present)}")
+
+
+def test_every_module_is_named_on_the_map() -> None:
+    named = set(re.findall(r"`([a-z_/]+\.py)`", LAYOUT.read_text()))
+    modules = {str(p.relative_to(REPO / "mixray")) for p in (REPO / "mixray").rglob("*.py")
+               if p.name != "__init__.py"}
+    assert sorted(modules - named) == []
+
+
+def _arrows_from(folder: str) -> list[str]:
+    """Every mixray module the .py files under mixray/<folder> (or mixray/<folder>.py) import."""
+    base = REPO / "mixray" / folder
+    paths = list(base.rglob("*.py")) if base.is_dir() else [base.with_suffix(".py")]
+    return sorted(f"{p.relative_to(REPO)}: {name}" for p in paths
+                  for name in _imported_modules(p) if name.startswith("mixray."))
+
+
+def _into(arrows: list[str], packages: tuple[str, ...]) -> list[str]:
+    return [a for a in arrows if any(a.split(": ")[1] == f"mixray.{p}"
+                                     or a.split(": ")[1].startswith(f"mixray.{p}.")
+                                     for p in packages)]
+
+
+@pytest.mark.parametrize("foundation", FOUNDATIONS)
+def test_foundations_import_no_stage_and_no_role(foundation: str) -> None:
+    above = (*STAGES, *ROLES, "config", "search")
+    assert _into(_arrows_from(foundation), above) == []
+
+
+def test_tracking_imports_no_stage_and_no_sweep_config() -> None:
+    """Tracking writes a Target with plain values: the stages, the sweep and the evaluate CLI
+    write through it, so it may import none of them (nor the sweep's config)."""
+    assert _into(_arrows_from("tracking"), (*STAGES, "config", "sweep", "cost", "report",
+                                            "propose")) == []
+
+
+def test_science_imports_no_stage_and_no_other_role() -> None:
+    """The science is pure: trial records in, findings out (the evaluate stage scores with its
+    statistics, so it sits below the stages)."""
+    assert _into(_arrows_from("science"), (*STAGES, "config", *ROLES[1:])) == []

@@ -17,7 +17,7 @@ import yaml
 from ray.tune.experiment import Trial
 
 from mixray import metrics
-from mixray.sweep import callbacks as tune_metrics
+from mixray.sweep import callbacks
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = REPO / "dashboards"
@@ -159,21 +159,21 @@ def _trial(status: str, last_result: dict | None = None) -> SimpleNamespace:
 def test_tune_states_tell_finished_from_stopped_early() -> None:
     from mixray.sweep.tune import COMPLETE
 
-    assert tune_metrics.COMPLETE == COMPLETE
+    assert callbacks.COMPLETE == COMPLETE
     trials = [_trial(Trial.TERMINATED, {COMPLETE: True, "eval_accuracy": 0.5}),
               _trial(Trial.TERMINATED, {"step": 2}),  # ASHA stopped it: no completion flag
               _trial(Trial.RUNNING), _trial(Trial.PENDING), _trial(Trial.PENDING),
               _trial(Trial.ERROR)]
-    assert tune_metrics.state_counts(trials) == {"finished": 1, "stopped": 1, "running": 1,
+    assert callbacks.state_counts(trials) == {"finished": 1, "stopped": 1, "running": 1,
                                                  "pending": 2, "errored": 1}
 
 
 def test_tune_callback_publishes_at_most_once_an_interval_and_at_the_end(monkeypatch) -> None:
     published = []
     monkeypatch.setattr(metrics, "set_trial_states", lambda e, c: published.append((e, c)))
-    callback = tune_metrics.TrialStateMetrics("exp", interval_s=3600.0)
+    callback = callbacks.TrialStateMetrics("exp", interval_s=3600.0)
     running = [_trial(Trial.RUNNING)]
-    done = [_trial(Trial.TERMINATED, {tune_metrics.COMPLETE: True})]
+    done = [_trial(Trial.TERMINATED, {callbacks.COMPLETE: True})]
     callback.on_step_end(iteration=1, trials=running)
     callback.on_step_end(iteration=2, trials=running)
     callback.on_experiment_end(trials=done)
