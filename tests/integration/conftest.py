@@ -1,6 +1,9 @@
 """Session-wide fixtures of the integration tests: one local Ray cluster (2 CPUs, as on the CI
-machine), and one finished smoke sweep that several test files read (it takes minutes to run).
-A test that hangs prints every stack and stops the run (see `pytest_runtest_protocol`)."""
+machine), and one finished smoke sweep that every test which only reads a sweep's results reads
+(MLflow lineage, artifacts, the report, the browser, cost actuals, Prometheus' series: it takes
+minutes to run), watched by a Prometheus started before it. Tests that must break, interrupt or
+resume a sweep run their own. A test that hangs prints every stack and stops the run (see
+`pytest_runtest_protocol`)."""
 
 from __future__ import annotations
 
@@ -10,11 +13,14 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import promql
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,11 +102,49 @@ def ray_cluster():
         yield ray
 
 
+@dataclass
+class SmokeWatch:
+    """Prometheus watching the shared smoke sweep: its URL (None: no prometheus binary, the
+    metrics test skips), and the Unix times the sweep's first run started and ended."""
+
+    url: str | None
+    started: float = 0.0
+    ended: float = 0.0
+    before: dict[tuple[str, str], float] = field(default_factory=dict)  # teacher counters
+
+
 @pytest.fixture(scope="session")
-def smoke_sweep(ray_cluster, tmp_path_factory) -> tuple[Any, dict, dict]:
+def smoke_watch(ray_cluster, tmp_path_factory, free_ports) -> Iterator[SmokeWatch]:
+    """Prometheus on 127.0.0.1 scraping every node of the session's cluster each second, from
+    before the smoke sweep to the session's end. The session cluster runs without Ray's
+    dashboard, whose reporter writes the service discovery file, so one of the same form is
+    written from `ray.nodes()`."""
+    if promql.PROMETHEUS is None:
+        yield SmokeWatch(None)
+        return
+    tool, run_dir = promql.tool(), tmp_path_factory.mktemp("prometheus")
+    targets = [f"{n['NodeManagerAddress']}:{n['MetricsExportPort']}"
+               for n in ray_cluster.nodes() if n["Alive"]]
+    sd_file = run_dir / "sd.json"
+    sd_file.write_text(json.dumps([{"labels": {"job": "ray"}, "targets": targets}]))
+    [port] = free_ports(1)
+    tool.start(run_dir, sd_file, port, interval_s=1, binary=promql.PROMETHEUS)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        # scraped once at least before the sweep starts
+        promql.settle(lambda: promql.values(url, 'up{job="ray"}', ()), {(): 1.0})
+        yield SmokeWatch(url)
+    finally:
+        tool.stop(run_dir)
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(ray_cluster, smoke_watch, tmp_path_factory) -> tuple[Any, dict, dict]:
     """sweeps/smoke.yaml run twice into one fresh run root: (config, first summary, second
     summary).
 
+    The first run holds 4 problems out of its mixes (``mix.validation_problems``), so its trials
+    measure val_loss as the dashboard plots it, and Prometheus (`smoke_watch`) scrapes it.
     The second run, named smoke-failing, has one share and two students, the second of which
     cannot load: it must find every generation and curation stage cached (test_smoke_sweep.py),
     and fail that student's trial while finishing the other (test_sweep_failures.py). Folding
@@ -111,8 +155,13 @@ def smoke_sweep(ray_cluster, tmp_path_factory) -> tuple[Any, dict, dict]:
     from mixray.sweep.run import run_sweep
 
     root = tmp_path_factory.mktemp("runs")
-    cfg = load_sweep(REPO / "sweeps" / "smoke.yaml", [f"run_root={root}"])
+    cfg = load_sweep(REPO / "sweeps" / "smoke.yaml", [f"run_root={root}",
+                                                      "mix.validation_problems=4"])
+    smoke_watch.started = time.time()
+    if smoke_watch.url is not None:
+        smoke_watch.before = promql.teacher_counts(smoke_watch.url)
     first = run_sweep(cfg)
+    smoke_watch.ended = time.time()
     broken = tmp_path_factory.mktemp("broken") / "broken-student"  # its weights are missing
     broken.mkdir()
     (broken / "config.json").write_text(json.dumps({"model_type": "llama"}))

@@ -1,6 +1,13 @@
-"""The paper's Table 3 recipe, `sweeps/paper-mix.yaml`, through `ray job submit` on the rehearsal
-cluster (`make cluster-up`: clusters/local.yaml on Ray's fake multi-node autoscaler, each worker
-node in its own mount namespace, so nodes share nothing but the run root).
+"""Every test that needs a multi-node cluster, on one (`local_cluster`, started once for this
+module, the only one that uses it): the rehearsal cluster of `make cluster-up` (clusters/local.yaml
+on Ray's fake multi-node autoscaler, each worker node in its own mount namespace, so nodes share
+nothing but the run root). The paper's Table 3 recipe, `sweeps/paper-mix.yaml`, runs first
+through `ray job submit`, from 0 worker nodes; then the fault test; then a smoke sweep submitted
+as a new user submits one.
+
+The tests share the cluster but not their work: each sweep has its own name, data folder and
+MLflow experiment, and after each test every job still running is stopped (`_own_jobs`), so a
+test that fails mid-job does not leave its job holding the nodes the next test needs.
 
 Only what clusters/README.md ("Rehearse on a laptop") lists is overridden: model specs, sizes,
 GPU counts, vLLM's eager mode, and what a machine with no model hub and random models needs
@@ -10,8 +17,10 @@ idle; generation actors ran on teacher nodes, Train workers and evaluation engin
 nodes; the teachers ran two at a time; every generation (teachers, evaluations, the judge) ran
 on vLLM and the judge re-judged what math-verify rejected; the head's MLflow server holds the
 parent, each student's baseline and one child per trial; every model a worker was handed lies in
-the run root. A second test kills a teacher and a trainer node mid-run (on hf engines: it is
-about nodes, and they start in seconds).
+the run root. The rehearsal runs two of the recipe's six trials (Mix-Long and Mix-Large: every
+teacher's pool, each trial's evaluation and judge on vLLM); the other four differ only in their
+mix weights, which the unit tests of the recipe check. A second test kills a teacher and a trainer
+node mid-run (on hf engines: it is about nodes, and they start in seconds).
 """
 
 from __future__ import annotations
@@ -37,6 +46,12 @@ REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
 TEACHERS = ("long", "short", "large", "small")
 JOB_TIMEOUT_S = 1500.0
+# Two of paper-mix's six trials, one per pair of teachers (its mixes; the recipe's own grid is
+# checked by tests/unit/test_recipes.py): every teacher's pool is trained on, and each trial's
+# evaluation and judge start vLLM, so four fewer trials lose no engine, node or MLflow path.
+TWO_TRIALS = ("search.space.mix.grid=[{pools: {long: 0.2, short: 0.8}, per_problem: true}, "
+              "{pools: {large: 0.2, small: 0.8}, long_pool: large, short_pool: small, "
+              "per_problem: true}]")
 IDLE_TIMEOUT_S = 300.0   # IDLE=1: a node goes about 60-90 s after its last work
 
 pytestmark = pytest.mark.integration
@@ -120,14 +135,27 @@ def local_cluster(request):
             print(f"local cluster logs kept in {cluster_dir}")
 
 
+@pytest.fixture(autouse=True)
+def _own_jobs(local_cluster):
+    """After each test, stop every job still running on the shared cluster: a test that failed
+    while its job ran must not leave that job holding the nodes (and its MLflow runs open) for
+    the next one. Each test's own sweep name and data folder keep their outputs apart."""
+    yield
+    state = local_cluster[2]
+    for job in json.loads(ray_cli(state, "list", "jobs", "--format=json", "--limit=1000")):
+        if job.get("status") in ("PENDING", "RUNNING") and job.get("submission_id"):
+            subprocess.run([RAY, "job", "stop", job["submission_id"]], env=_env(state),
+                           capture_output=True, text=True, check=False)
+
+
 def _env(state: dict[str, str]) -> dict[str, str]:
     env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_ADDRESS": state["RAY_ADDRESS"]}
     return env
 
 
-def submit(state: dict[str, str], args: list[str]) -> str:
+def submit(state: dict[str, str], args: list[str], sweep: str = "sweeps/paper-mix.yaml") -> str:
     cmd = [RAY, "job", "submit", "--no-wait", "--working-dir", str(REPO), "--", "python", "-m",
-           "mixray.sweep", "sweeps/paper-mix.yaml", *(f"--set={a}" for a in args)]
+           "mixray.sweep", sweep, *(f"--set={a}" for a in args)]
     out = subprocess.run(cmd, env=_env(state), capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     return re.search(r"raysubmit_\w+", out.stdout + out.stderr).group(0)
@@ -199,7 +227,7 @@ def test_paper_mix_runs_end_to_end_on_the_autoscaling_cluster(local_cluster) -> 
     data = run_root / "data"
     write_problems(data)
     args = rehearsal(run_root, state["MLFLOW_TRACKING_URI"], data, ENGINE) + [
-        "name=paper-mix-rehearsal"]
+        "name=paper-mix-rehearsal", TWO_TRIALS]
     assert node_types(state) and set(node_types(state).values()) == {"head"}  # from 0 workers
     started = time.monotonic()
     job_id = submit(state, args)
@@ -226,7 +254,7 @@ def test_paper_mix_runs_end_to_end_on_the_autoscaling_cluster(local_cluster) -> 
     exp = client.get_experiment_by_name(cfg.experiment)
     parents = client.search_runs([exp.experiment_id], "tags.`mixray.kind` = 'sweep'")
     trials = client.search_runs([exp.experiment_id], "tags.`mixray.kind` = 'trial'")
-    assert len(parents) == 1 and len(trials) == cfg.n_trials() == 6
+    assert len(parents) == 1 and len(trials) == cfg.n_trials() == 2
     assert {r.info.status for r in trials} == {"FINISHED"}
     assert all("eval_accuracy" in r.data.metrics for r in trials)
     assert {r.data.tags.get("mlflow.parentRunId") for r in trials} == {parents[0].info.run_id}
@@ -374,3 +402,36 @@ def test_lost_teacher_and_trainer_nodes_are_replaced_and_lose_no_work(local_clus
           trial.data.tags.get("mixray.attempts", "1"))
     assert after["teacher"] - launched_before["teacher"] >= 2
     assert after["trainer"] - launched_before["trainer"] >= 2
+
+
+def test_job_submit_round_trip(local_cluster) -> None:
+    """`ray job submit --working-dir . -- python -m mixray.sweep sweeps/smoke.yaml`, as a new user
+    runs it: the job SUCCEEDS, its log is the sweep's console (the rest of the output in the file
+    it names, under the run root), and its runs land in the head's MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    from mixray.config import load_sweep
+
+    _, run_root, state = local_cluster
+    args = [f"run_root={run_root}", f"tracking.tracking_uri={state['MLFLOW_TRACKING_URI']}",
+            "name=smoke-job", "search.long_share=[0.5]"]
+    job_id = submit(state, args, sweep="sweeps/smoke.yaml")
+    status = wait_job(state, job_id, timeout=900)
+    logs = ray_cli(state, "job", "logs", job_id)
+    assert status == "succeeded", logs[-3000:]
+    assert "eval acc" in logs  # the end-of-sweep table reached the job's log
+    # The job's log is the sweep's console: mixray's lines and the summary; Ray's, Tune's and
+    # the workers' output went to the file it names (under the run root).
+    full = Path(re.search(r"output of Ray, Tune, DeepSpeed and the workers: (\S+)", logs)[1])
+    assert full.is_relative_to(run_root) and full.is_file()
+    output = full.read_text()
+    assert "trials: " in logs and "baseline tiny-random" in logs
+    for noise in ("Trial status:", "(RayTrainWorker pid=", "Reporting training result"):
+        assert noise not in logs and noise in output, noise
+
+    cfg = load_sweep(REPO / "sweeps" / "smoke.yaml", args)
+    client = MlflowClient(tracking_uri=state["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name(cfg.experiment)
+    trials = client.search_runs([exp.experiment_id], "tags.`mixray.kind` = 'trial'")
+    assert [r.info.status for r in trials] == ["FINISHED"]
+    assert "eval_accuracy" in trials[0].data.metrics

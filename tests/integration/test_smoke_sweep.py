@@ -67,9 +67,9 @@ def test_trials_in_the_summary(smoke_sweep) -> None:
     cfg, first, _ = smoke_sweep
     assert len(first["trials"]) == 2
     assert all(t["error"] is None and t["mix_rows"] > 0 for t in first["trials"])
-    # share 0 trains on short CoT only; share 0.5 on both pools
+    # share 0 trains on short CoT only (less the problems held out for val_loss); 0.5 on both
     rows = {t["long_share"]: t["mix_rows"] for t in first["trials"]}
-    assert rows[0.0] == cfg.problems.train_size
+    assert rows[0.0] == cfg.problems.train_size - cfg.mix.validation_problems
 
 
 def test_generation_artifacts_exist(smoke_sweep) -> None:
