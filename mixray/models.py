@@ -78,18 +78,34 @@ def resolve(spec: str, into: Path | None = None) -> Path:
         return _built("tiny-random-v2", _build_tiny, into)
     if spec == SMOLLM2:
         return _built("smollm2-135m-instruct-v1", _build_smollm2, into)
+    if (problem := spec_problem(spec)) is not None:
+        raise ValueError(problem)
     local = Path(spec).expanduser()
     if local.is_dir():
-        if not (local / "config.json").exists():
-            raise ValueError(f"model dir {local} has no config.json; is it a Hugging Face model?")
         local = local.resolve()
         if into is None or is_under(local, into.parent):
             return local
         return _place_local(local, into)
-    if spec.startswith((".", "/", "~")):
-        raise ValueError(f"model {spec!r} looks like a path but no such directory exists")
     repo_id, revision = parse_hub_spec(spec)
     return _from_hub(spec, repo_id, revision, None if into is None else into / "hub")
+
+
+def spec_problem(spec: str) -> str | None:
+    """Why ``spec`` cannot resolve, found without building or downloading anything; None when it
+    may. A hub id's existence needs the hub: only its form is checked (`sweep.preflight`)."""
+    if spec in (TINY, SMOLLM2):
+        return None
+    local = Path(spec).expanduser()
+    if local.is_dir():
+        return None if (local / "config.json").exists() else (
+            f"model dir {local} has no config.json; is it a Hugging Face model?")
+    if spec.startswith((".", "/", "~")):
+        return f"model {spec!r} looks like a path but no such directory exists"
+    try:
+        parse_hub_spec(spec)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def parse_hub_spec(spec: str) -> tuple[str, str | None]:

@@ -19,6 +19,7 @@ from mixray import logs, runtime
 from mixray.config import SweepConfig, load_sweep
 from mixray.sweep import console
 from mixray.sweep.plan import plan
+from mixray.sweep.preflight import check_inputs
 from mixray.sweep.run import prepare, run_sweep
 from mixray.sweep.summary import format_summary
 from mixray.sweep.upstream import format_stages
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure()
     try:
         cfg = load_sweep(args.sweep, args.set)
+        check_inputs(cfg)  # what the real run would refuse minutes later, before Ray starts
         print(plan(cfg))
     except ValueError as e:  # config.SweepFileError, or cost.calibrate_from that cannot be read
         print(f"error: {e}", file=sys.stderr)
