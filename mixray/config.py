@@ -72,6 +72,14 @@ class ResourcesConfig(Strict):
         0.0, ge=0.0, description="GPUs per training worker: > 0 trains on them (NCCL), 0 on CPUs "
         "(gloo). Also sets how many trials run at once.")
 
+    # A cloud GPU node takes minutes: the VM boots (1-3 min), then its setup commands install the
+    # CUDA torch and vLLM wheels (several GB: 3-8 min on a fresh node), and only then does its
+    # Ray join. 15 min covers that twice over; Ray Train's own 60 s failed the first trial of a
+    # rehearsal whose trainer nodes took 90 s to boot (WorkerGroupStartupTimeoutError).
+    node_start_timeout_s: float = Field(
+        900.0, gt=0, description="How long a trial's Train worker group waits for nodes of its "
+        "type that the autoscaler is still bringing (boot and setup), on every start and after "
+        "a node is lost. Work no node type could ever hold is refused before any (capacity).")
     node_types: NodeTypes = NodeTypes()
     teachers_at_once: Literal["fit", "one"] = Field(
         "fit", description="fit: the teachers whose replicas the cluster (their node type, "

@@ -125,6 +125,7 @@ def _mix_train_evaluate(trial: Trial, ctx: SweepContext, cfg: SweepConfig, run_i
         gpus_per_worker=cfg.resources.gpus_per_train_worker,
         node_type=cfg.resources.node_types.train_workers,
         storage=cfg.root.train, name=ctx.train_run(trial.name).name,
+        start_timeout_s=cfg.resources.node_start_timeout_s,
         callbacks=[TuneReportCallback()],
         report_steps=rung_steps(ctx.cfg),  # the sweep's: a trial's cfg has no search
     )

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 # steps, 2 cores): 0.49 steps/s under Ray against 2.8 under torchrun when every step reported,
 # about 0.9x torchrun with this. So metrics-only reports go at most once per poll interval;
 # checkpoint reports always go; every step's metrics stay in the history.
+# Ray Train V2's worker-group start timeout (ray/train/v2/_internal/constants.py)
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 REPORT_INTERVAL_S = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0"))
 
 
@@ -106,7 +108,8 @@ def train_from_config(t: TrainConfig, *, model_path: str, manifest_path: str, to
                       gpus_per_worker: float = 0.0, node_type: str | None = None,
                       callbacks: list | None = None, report_steps: list[int] | None = None,
                       validation_path: str | None = None,
-                      wrap_reporter: WrapReporter | None = None) -> tuple[Path, list[dict]]:
+                      wrap_reporter: WrapReporter | None = None,
+                      start_timeout_s: float | None = None) -> tuple[Path, list[dict]]:
     """What a trial calls: the train section -> (HF folder of the student, per-step history).
     report_steps: steps whose metrics always reach Ray (a Tune scheduler's rungs), with the
     validation loss when there is a validation set. wrap_reporter: see train_student."""
@@ -116,7 +119,8 @@ def train_from_config(t: TrainConfig, *, model_path: str, manifest_path: str, to
     return train_student(args, num_workers=t.num_workers, cpus_per_worker=cpus_per_worker,
                          gpus_per_worker=gpus_per_worker, storage=storage, name=name,
                          callbacks=callbacks, max_failures=t.max_failures,
-                         wrap_reporter=wrap_reporter, node_type=node_type)
+                         wrap_reporter=wrap_reporter, node_type=node_type,
+                         start_timeout_s=start_timeout_s)
 
 
 def train_student(
@@ -131,6 +135,7 @@ def train_student(
     gpus_per_worker: float = 0.0,
     wrap_reporter: WrapReporter | None = None,
     node_type: str | None = None,
+    start_timeout_s: float | None = None,
 ) -> tuple[Path, list[dict]]:
     """Fit; return (HF folder of the trained student, per-step history).
 
@@ -164,7 +169,8 @@ def train_student(
             callbacks=callbacks or [],
         ),
     )
-    result = trainer.fit()
+    with worker_group_start_timeout(start_timeout_s):
+        result = trainer.fit()
     assert result.checkpoint is not None, "the loop reports its export as the final checkpoint"
     ckpt = Path(result.checkpoint.path)
     history = json.loads((ckpt / "history.json").read_text())
@@ -189,3 +195,23 @@ def keep_only_student(model_dir: Path) -> int:
     freed = sum(remove(p) for p in doomed)
     log.info("kept the student %s; freed %s of checkpoints", model_dir, human_size(freed))
     return freed
+
+
+@contextmanager
+def worker_group_start_timeout(seconds: float | None) -> Iterator[None]:
+    """How long the worker group of the next fit() waits for its placement group (None: Ray
+    Train's 60 s). Ray Train V2 reads it only from the environment, which fit() copies from this
+    process to its controller (`get_env_vars_to_propagate`): set for the fit, restored after. The
+    calling process is a trial's own, running one fit at a time."""
+    if seconds is None:
+        yield
+        return
+    old = os.environ.get(START_TIMEOUT_ENV)
+    os.environ[START_TIMEOUT_ENV] = f"{seconds:g}"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[START_TIMEOUT_ENV]
+        else:
+            os.environ[START_TIMEOUT_ENV] = old

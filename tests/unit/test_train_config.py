@@ -3,6 +3,7 @@ recipe is expressible; the loop's learning-rate schedule; no DeepSpeed op build.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,28 @@ def test_keep_checkpoints_changes_no_key_and_is_not_searchable() -> None:
     assert bounded.resume_key() != load_sweep(sweep, ["train.lr=0.5"]).resume_key()
     with pytest.raises(ValidationError, match="keep_checkpoints"):
         SearchConfig(space={"train.keep_checkpoints": {"grid": ["resume", "all"]}})
+
+
+def test_trials_wait_for_booting_nodes_as_long_as_resources_say(monkeypatch) -> None:
+    """resources.node_start_timeout_s reaches the controller of a trial's TorchTrainer, which
+    Ray Train V2 only configures from the environment fit() copies to it (issue 26): inside the
+    fit the variable is set to the sweep's value and handed on; after it, the process is as it
+    was. It is placement, never part of a key."""
+    from ray.train.v2._internal.constants import get_env_vars_to_propagate
+
+    from mixray.config import load_sweep
+    from mixray.train.launch import START_TIMEOUT_ENV, worker_group_start_timeout
+
+    sweep = Path(__file__).resolve().parents[2] / "sweeps" / "smoke.yaml"
+    cfg = load_sweep(sweep)
+    assert cfg.resources.node_start_timeout_s == 900
+    monkeypatch.delenv(START_TIMEOUT_ENV, raising=False)
+    with worker_group_start_timeout(cfg.resources.node_start_timeout_s):
+        assert get_env_vars_to_propagate()[START_TIMEOUT_ENV] == "900"
+    assert START_TIMEOUT_ENV not in os.environ
+    monkeypatch.setenv(START_TIMEOUT_ENV, "30")
+    with worker_group_start_timeout(120.0):
+        assert get_env_vars_to_propagate()[START_TIMEOUT_ENV] == "120"
+    assert os.environ[START_TIMEOUT_ENV] == "30"
+    slow = load_sweep(sweep, ["resources.node_start_timeout_s=60"])
+    assert slow.resume_key() == cfg.resume_key()
