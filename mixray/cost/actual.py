@@ -38,7 +38,6 @@ from mixray.runroot import METRICS_FILE
 from mixray.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
-TRIAL_TIMES = ("time_train_s", "time_eval_s")  # the trial metrics the summary rows carry
 # What reading a sweep's files can raise: a missing file, a field an older run did not write
 READ_ERRORS = (OSError, KeyError, ValueError, TypeError, IndexError, ZeroDivisionError)
 

@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from mixray.report.figures import make_figures
 from mixray.report.html import render_html, section_proposals
 from mixray.science.analysis import Findings, SweepRecord, record_findings
-from mixray.science.document import findings_document
+from mixray.science.document import findings_document, recorded_row
 from mixray.science.proposal import describe, propose
 from mixray.store import default_tracking_uri
 from mixray.tracking.records import load_sweep_record
@@ -46,11 +45,9 @@ log = logging.getLogger(__name__)
 
 
 def _summary(rec: SweepRecord, found: Findings) -> dict[str, Any]:
-    """The report's summary.json: the sweep's shape (`mixray.science.document`) for the
-    findings and MLflow, with the trials as MLflow holds them."""
-    trials = [{k: v for k, v in asdict(t).items() if k not in ("loss_curve", "data_card",
-                                                                "scores")}
-              for t in rec.trials]
+    """The report's summary.json, in the sweep's shape (`mixray.science.document`), and what
+    only MLflow holds (the teachers, their curation, the search's metric and mode)."""
+    trials = [recorded_row(t) for t in rec.trials]
     return {"mlflow": {"tracking_uri": rec.tracking_uri, "experiment": rec.experiment,
                        "parent_run_id": rec.parent_id},
             "teachers": rec.teachers, "curate": rec.curate, "metric": rec.metric,

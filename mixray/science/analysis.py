@@ -66,6 +66,8 @@ class Trial:
     point: str = ""  # its other search values (not the share, not the seed), as text
     value: float | None = None  # search.metric's value; None: not logged
     scores: Scores | None = None  # per-problem scores of its evaluation; None: unknown
+    params: dict[str, Any] = field(default_factory=dict)  # its search values
+    metrics: dict[str, float] = field(default_factory=dict)  # its run's last value of each
 
     @property
     def usable(self) -> bool:

@@ -1,5 +1,7 @@
-"""The findings as every summary.json keeps them: one shape for the sweep's summary (written when
-the sweep ends, from what it has in hand) and the report's (read back from MLflow).
+"""What every summary.json keeps, in one shape: the sweep's (written when the sweep ends, from
+what it has in hand) and the report's (read back from MLflow).
+
+``trials`` are rows of `trial_row` (the report's carry what MLflow adds under ``mlflow``).
 
 ``gaps`` (per student and pair of pools: the gap, the best mix against the best single source,
 each with its paired test), ``points`` (the curve: one per share and point, seeds averaged),
@@ -12,8 +14,31 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from mixray.science.analysis import Baseline, Findings, GapRow
+from mixray.science.analysis import Baseline, Findings, GapRow, Trial
 from mixray.science.significance import Comparison
+
+# A trial's metrics in its summary row: what the table, the cost comparison (the times) and a
+# resumed sweep (which reads them back from MLflow) need.
+ROW_METRICS = ("mix_rows", "mix_pools_ran_dry", "train_loss", "eval_accuracy",
+               "eval_accuracy_stderr", "eval_tokens_mean", "time_train_s", "time_eval_s")
+
+
+def trial_row(name: str, student: str, params: dict[str, Any], long_share: float | None,
+              metrics: dict[str, Any], value: float | None, *, error: str | None,
+              stopped_early: bool, resumed: bool) -> dict[str, Any]:
+    """One trial as every summary.json lists it (``value``: search.metric's)."""
+    return ({"trial": name, "student": student, "params": params, "resumed": resumed,
+             "error": error, "stopped_early": stopped_early}
+            | {k: metrics.get(k) for k in ROW_METRICS} | {"value": value, "long_share": long_share})
+
+
+def recorded_row(t: Trial) -> dict[str, Any]:
+    """A trial read back from MLflow as a summary row, with what MLflow adds (its run, status,
+    pools, schedule, per-benchmark accuracy); a KILLED run was stopped early."""
+    return trial_row(t.name, t.student, t.params, t.share, t.metrics, t.value, error=t.error,
+                     stopped_early=t.status == "KILLED", resumed=False) | {"mlflow": {
+        "run_id": t.run_id, "status": t.status, "pools": list(t.pools), "schedule": t.schedule,
+        "benchmarks": t.benchmarks, "seed": t.seed, "point": t.point}}
 
 
 def comparison_record(test: Comparison | None) -> dict[str, Any] | None:

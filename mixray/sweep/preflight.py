@@ -46,7 +46,8 @@ def _files(cfg: SweepConfig) -> Iterator[str]:
     if isinstance(src, DatasetSource):
         named += [("problems.source.path", src.path), ("problems.source.eval_path", src.eval_path)]
     for i, bench in enumerate(cfg.evaluate.benchmarks):
-        named.append((f"evaluate.benchmarks[{i}].path ({bench.name})", getattr(bench, "path", None)))
+        named.append((f"evaluate.benchmarks[{i}].path ({bench.name})",
+                      getattr(bench, "path", None)))
     for key, path in named:
         if _local(path) and not Path(path).expanduser().is_file():
             yield f"{key}: no such file {path!r} (relative to {Path.cwd()})"

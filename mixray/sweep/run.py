@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from mixray import cluster, disk
 from mixray.config import SweepConfig
-from mixray.cost.actual import TRIAL_TIMES, compare
+from mixray.cost.actual import compare
 from mixray.sweep.invocation import Invocation
 from mixray.sweep.plan import check_resources
 from mixray.sweep.upstream import Upstream, run_upstream
@@ -56,32 +56,31 @@ def trial_configs(cfg: SweepConfig, outcomes: list[Outcome],
 
 def _trial_rows(cfg: SweepConfig, outcomes: list[Outcome], done: dict[str, Finished],
                 configs: dict[str, SweepConfig]) -> list[dict[str, Any]]:
-    """One summary row per trial: finished before (resumed), run now (finished, failed or
-    stopped early), or — for grid and random search — one that never ran."""
-    from mixray.tracking import SUMMARY_METRICS
+    """One summary row per trial (`science.document.trial_row`): finished before (resumed),
+    run now (finished, failed or stopped early), or — for grid and random search — one that
+    never ran."""
+    from mixray.science.document import trial_row
 
-    keys = (*SUMMARY_METRICS, *TRIAL_TIMES)  # times: the cost comparison's
     metric = cfg.search.metric  # "value": what "best" means
-    rows = []
-    for name, d in done.items():
-        rows.append({"trial": name, "student": d.student, "params": d.params,
-                     "resumed": True, "error": None, "stopped_early": False}
-                    | {k: d.metrics.get(k) for k in keys} | {"value": d.metrics.get(metric)})
+
+    def share(name: str) -> float:
+        return configs[name].mix.long_share
+
+    rows = [trial_row(name, d.student, d.params, share(name), d.metrics, d.metrics.get(metric),
+                      error=None, stopped_early=False, resumed=True)
+            for name, d in done.items()]
     for o in outcomes:
-        row = {"trial": o.trial.name, "student": o.trial.student, "params": o.trial.params,
-               "resumed": False, "error": o.error, "stopped_early": o.stopped_early}
-        row |= {k: o.metrics.get(k) for k in keys} | {"value": o.metrics.get(metric)}
-        if row["error"] is None and not o.stopped_early and row["eval_accuracy"] is None:
-            row["error"] = "did not finish"
-        rows.append(row)
+        finished = o.error is None and not o.stopped_early
+        unfinished = finished and o.metrics.get("eval_accuracy") is None
+        rows.append(trial_row(o.trial.name, o.trial.student, o.trial.params, share(o.trial.name),
+                              o.metrics, o.metrics.get(metric),
+                              error="did not finish" if unfinished else o.error,
+                              stopped_early=o.stopped_early, resumed=False))
     if not cfg.search.proposes_while_running:
         ran = {r["trial"] for r in rows}
-        rows += [{"trial": t.name, "student": t.student, "params": t.params,
-                  "resumed": False, "error": "did not run", "stopped_early": False}
-                 | dict.fromkeys((*SUMMARY_METRICS, "value")) for t in cfg.trials()
-                 if t.name not in ran]
-    for row in rows:
-        row["long_share"] = configs[row["trial"]].mix.long_share
+        rows += [trial_row(t.name, t.student, t.params, share(t.name), {}, None,
+                           error="did not run", stopped_early=False, resumed=False)
+                 for t in cfg.trials() if t.name not in ran]
     return sorted(rows, key=lambda r: (r["student"], r["long_share"], r["trial"]))
 
 

@@ -185,6 +185,7 @@ def load_trial(c: MlflowClient, run: Run, default_pools: tuple[str, str],
         data_card=_json_artifact(c, run.info.run_id, "data_card.json"),
         error=_error_line(run.data.tags), seed=values.get(SEED), point=point_label(values),
         value=metrics.get(metric), scores=_scores(c, run.info.run_id),
+        params=values, metrics=dict(metrics),
     )
 
 

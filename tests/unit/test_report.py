@@ -192,3 +192,20 @@ def test_cli(store: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit) as err:
         main(["--experiment", "nope", "--tracking-uri", store["uri"]])
     assert err.value.code == 2 and "'nope'" in capsys.readouterr().err
+
+
+def test_the_report_lists_trials_as_the_sweep_does(report1: Path) -> None:
+    """One summary.json shape: the report's trial rows have the sweep's keys (science.document's
+    trial_row), read back from MLflow, plus what MLflow adds; a failed trial keeps its error."""
+    from mixray.science.document import trial_row
+
+    summary = json.loads((report1.parent / "summary.json").read_text())
+    keys = set(trial_row("t", "s", {}, 0.5, {}, None, error=None, stopped_early=False,
+                         resumed=False))
+    assert summary["trials"] and all(set(t) == keys | {"mlflow"} for t in summary["trials"])
+    rows = {t["long_share"]: t for t in summary["trials"]}
+    for share, accuracy in ACCURACY.items():
+        assert rows[share]["eval_accuracy"] == pytest.approx(accuracy)
+        assert rows[share]["error"] is None and rows[share]["mlflow"]["status"] == "FINISHED"
+    assert rows[FAILED_SHARE]["error"] == "RuntimeError: boom"
+    assert {"gaps", "points", "gains", "baselines", "power", "mlflow"} <= set(summary)
