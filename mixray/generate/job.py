@@ -137,8 +137,13 @@ def check_vllm(job: GenerationJob) -> None:
 
     from mixray.generate.vllm import INSTALL_HINT
 
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
     where = job.placement.node_type
-    options: dict = {"num_cpus": 0, "num_gpus": min(job.gpus_per_replica, 0.01)}
+    # Not in the caller's placement group: a trial's (Tune captures its child tasks) holds only
+    # the trial function's own slot, and Tune refuses a task that does not fit there.
+    options: dict = {"num_cpus": 0, "num_gpus": min(job.gpus_per_replica, 0.01),
+                     "scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=None)}
     if where:
         options["resources"] = {where: cluster.NODE_TYPE_SHARE}
     ref = ray.remote(engine_probe).options(**options).remote(job.gpus_per_replica > 0)
