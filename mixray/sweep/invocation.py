@@ -56,10 +56,6 @@ class Invocation:
         raise ValueError(f"--resume: sweep {cfg.name!r} has no interrupted run under "
                          f"{cfg.root.sweep(cfg.name)}")
 
-    def trial_dir(self, trial: str) -> Path:
-        """Where a trial of this invocation writes its mix and evaluation."""
-        return self.root.trial(self.id, trial)
-
     def save(self, status: str) -> None:
         self.status = status
         self.dir.mkdir(parents=True, exist_ok=True)
