@@ -30,7 +30,6 @@ from mixray import cluster, metrics
 from mixray.disk import human_size, remove
 from mixray.train.args import LoopArgs
 from mixray.train.config import TrainConfig
-from mixray.train.loop import train
 from mixray.train.reporting import KEEP_CHECKPOINTS, Reporter
 
 log = logging.getLogger(__name__)
@@ -100,6 +99,10 @@ def train_loop_per_worker(config: dict) -> None:
                                      tags=config.get("metric_tags"))
     if config["wrap_reporter"] is not None:
         reporter = config["wrap_reporter"](reporter)
+    # Imported here, in the worker: the loop brings DeepSpeed and transformers (5 s of imports
+    # per process on 2 cores), which the trial's process that launches the workers never uses.
+    from mixray.train.loop import train
+
     train(args, reporter)
 
 
