@@ -134,10 +134,9 @@ def check_vllm(job: GenerationJob) -> None:
     in the driver, whose node (a CPU head) need not have vLLM at all. Failing here takes seconds
     (or a node's boot); the actors' own ImportError would surface only once the pool started."""
     import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     from mixray.generate.vllm import INSTALL_HINT
-
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     where = job.placement.node_type
     # Not in the caller's placement group: a trial's (Tune captures its child tasks) holds only
