@@ -125,7 +125,8 @@ ui: setup
 
 # A local autoscaling cluster from clusters/local.yaml: head + MLflow now, teacher/trainer nodes on
 # demand, each node with its own ~/.cache and /tmp; only CLUSTER_RUNS is shared. The logic is in
-# clusters/local.py. IDLE=1 removes idle nodes after 1 minute instead of local.yaml's 2.
+# clusters/local.py. IDLE=1 removes idle nodes after 1 minute instead of local.yaml's 2 (any number
+# of minutes: the cluster tests use 0.5).
 CLUSTER_DIR  ?= /tmp/mixray-local
 CLUSTER_RUNS ?= runs/cluster
 IDLE         ?=
