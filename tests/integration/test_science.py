@@ -1,7 +1,7 @@
-"""The smoke sweep with shares 0 and 1 over two seeds (the two ends are what ΔLong pairs), as a researcher reads it: the parent
-run holds the student's baseline (evaluated before fine-tuning), ΔLong with its paired interval
-and the power; each seed is its own trial; the summary and the report give the means over seeds,
-the significance marks and the power line."""
+"""The smoke sweep with shares 0 and 1 (the two ends ΔLong pairs) over two seeds, as a researcher
+reads it: the parent run holds the student's baseline (evaluated before fine-tuning), ΔLong with
+its paired interval and the power; each seed is its own trial; the summary and the report give
+the means over seeds, the significance marks and the power line."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def test_seeds_baseline_and_paired_gaps_reach_the_parent_run_and_report(smoke_sw
     smoke_cfg, _, _ = smoke_sweep  # same run root: generation and curation come from its cache
     cfg = load_sweep(REPO / "sweeps" / "smoke.yaml", [
         f"run_root={smoke_cfg.run_root_path}", "name=smoke-science",
-        "search.long_share=[0.0, 1.0]", "search.seeds=[0, 1]", "train.max_steps=2"])
+        "search.long_share=[0.0, 1.0]", "search.seeds=[0, 1]", "train.max_steps=2",
+        "train.num_workers=1"])  # one is enough here (each starts in 6 s)
     summary = run_sweep(cfg)
     student = cfg.students[0]
     assert summary["status"] == "finished"

@@ -53,6 +53,7 @@ def test_random_search_shares_its_draws_by_student_and_trains_on_them(
         "search.long_share=[0.5]",  # a grid axis, crossed with one draw of the lr
         f"search.space={{train.lr: {{loguniform: [{LR_BOUNDS[0]}, {LR_BOUNDS[1]}]}}}}",
         "search.num_samples=1", "train.max_steps=2",
+        "train.num_workers=1",  # one is enough here (each starts in 6 s)
     ])
     trials = cfg.trials()
     assert [Path(t.student).name for t in trials] == ["tiny-random", "tiny-copy"]
@@ -92,7 +93,7 @@ def test_resumed_optuna_sweep_runs_only_missing_proposals_told_the_finished_ones
         f"run_root={smoke_cfg.run_root_path}", "name=smoke-optuna",
         f"students=[tiny-random, {copied_student}]", "search.algorithm=optuna",
         "search.long_share=null", "search.space={mix.long_share: {uniform: [0.0, 1.0]}}",
-        "train.max_steps=2",
+        "train.max_steps=2", "train.num_workers=1",  # one is enough here (each starts in 6 s)
     ]
     first_cfg = load_sweep(SMOKE, overrides + ["search.num_samples=1"])
     first = run_sweep(first_cfg)

@@ -26,6 +26,7 @@ def test_asha_stops_the_trial_that_does_not_learn(smoke_sweep) -> None:
         # val_loss: on 4 problems held out of both trials' mixes (mix/validation.py)
         "search.scheduler={kind: asha, metric: val_loss, mode: min, grace_period: 1}",
         "mix.validation_problems=4", "train.max_steps=6",
+        "train.num_workers=1",  # one is enough here (each starts in 6 s)
     ])
     summary = run_sweep(cfg)
 

@@ -48,7 +48,8 @@ def test_a_failing_trial_is_marked_failed_and_the_others_finish(smoke_sweep) -> 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster, smoke_sweep) -> None:
     overrides = [f"run_root={smoke_sweep[0].run_root_path}", "name=smoke-resume",
-                 "search.max_concurrent_trials=1"]
+                 "search.max_concurrent_trials=1",
+                 "train.num_workers=1"]  # one is enough here (each starts in 6 s)
     cfg = load_sweep(SMOKE, overrides)
     env = os.environ | {"RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     cmd = [sys.executable, "-m", "mixray.sweep", SMOKE] + [f"--set={o}" for o in overrides]
