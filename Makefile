@@ -126,13 +126,16 @@ ui: setup
 # A local autoscaling cluster from clusters/local.yaml: head + MLflow now, teacher/trainer nodes on
 # demand, each node with its own ~/.cache and /tmp; only CLUSTER_RUNS is shared. The logic is in
 # clusters/local.py. IDLE=1 removes idle nodes after 1 minute instead of local.yaml's 2 (any number
-# of minutes: the cluster tests use 0.5).
+# of minutes: the cluster tests use 0.5). BOOT_DELAY=90 makes each worker node wait 90 s before
+# its `ray start`, as a cloud GPU node boots and runs its setup; `clusters/local.py boot-delay S`
+# changes it for the nodes launched next.
 CLUSTER_DIR  ?= /tmp/mixray-local
 CLUSTER_RUNS ?= runs/cluster
 IDLE         ?=
+BOOT_DELAY   ?=
 cluster-up: setup
 	$(PY) clusters/local.py up --cluster-dir $(CLUSTER_DIR) --run-root $(CLUSTER_RUNS) \
-	  $(if $(IDLE),--idle-minutes $(IDLE))
+	  $(if $(IDLE),--idle-minutes $(IDLE)) $(if $(BOOT_DELAY),--boot-delay $(BOOT_DELAY))
 
 cluster-status:
 	$(PY) clusters/local.py status --cluster-dir $(CLUSTER_DIR)

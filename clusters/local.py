@@ -168,10 +168,12 @@ def mlflow_command(cluster: Cluster) -> list[str]:
 
 
 def head_env(base: dict[str, str], cluster: Cluster) -> dict[str, str]:
-    """The head's environment: fake-cluster mode, token auth, the provider importable, the venv
-    first on PATH (a job's entrypoint `python` runs on the head) and this cluster's marker."""
+    """The head's environment: fake-cluster mode, token auth, the provider importable, vLLM not
+    (head_site/sitecustomize.py), the venv first on PATH (a job's entrypoint `python` runs on the
+    head) and this cluster's marker."""
     env = {k: v for k, v in base.items() if k != "RAY_ADDRESS"}
-    pythonpath = [str(HERE), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    pythonpath = [str(HERE), str(HERE / local_provider.HEAD_SITE),
+                  *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env.update(RAY_FAKE_CLUSTER="1", RAY_AUTH_MODE="token", PYTHONPATH=os.pathsep.join(pythonpath),
                PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")
     env[CLUSTER_ENV] = str(cluster.dir)
@@ -209,15 +211,23 @@ def ensure_token() -> None:
                        stdout=subprocess.DEVNULL)
 
 
-def preflight_isolation(cluster: Cluster, private: list[str]) -> None:
-    """Run the worker nodes' namespace once with `true`, so a machine that cannot (no unshare,
+def shared_dirs() -> list[str]:
+    """What every node has at the head's paths although it may lie in a private dir (a checkout
+    under /tmp): the code (installed editable) and the venv, as on every real node."""
+    return sorted({str(HERE.parent), sys.prefix})
+
+
+def preflight_isolation(cluster: Cluster, private: list[str], shared: list[str]) -> None:
+    """Run the worker nodes' namespace once with a probe, so a machine that cannot (no unshare,
     no root and no user namespaces) fails here and not as nodes that never join."""
     root = cluster.dir / "nodes" / "preflight"
-    mounts = local_provider.private_mounts(private, root)
+    mounts = local_provider.private_mounts(private, root, shared)
     for m in mounts:
-        if m.source:
+        if m.source and not m.shared:
             Path(m.source).mkdir(parents=True, exist_ok=True)
-    probe = [sys.executable, "-c", _PROBE, str(cluster.run_root), *[m.target for m in mounts]]
+    probe = [sys.executable, "-c", _PROBE, json.dumps({
+        "run_root": str(cluster.run_root), "shared": shared,
+        "private": [m.target for m in mounts if not m.shared]})]
     cmd = namespace_command(mounts, probe, as_root=os.geteuid() == 0)
     out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
     shutil.rmtree(root)
@@ -227,14 +237,20 @@ def preflight_isolation(cluster: Cluster, private: list[str]) -> None:
     log.info("isolation checked: %s", out.stdout.strip())
 
 
-# Inside a node's namespace: the private dirs must be empty, the run root visible.
+# Inside a node's namespace: the private dirs must be empty but for the way down to the shared
+# dirs, and the run root and the shared dirs visible.
 _PROBE = """
-import os, sys
-run_root, *private = sys.argv[1:]
-assert os.path.isdir(run_root), f"run root {run_root} not visible"
-full = [d for d in private if os.listdir(d)]
+import json, os, sys
+p = json.loads(sys.argv[1])
+assert os.path.isdir(p["run_root"]), f"run root {p['run_root']} not visible"
+missing = [d for d in p["shared"] if not os.listdir(d)]
+assert not missing, f"shared dirs not visible in the namespace: {missing}"
+ways = {os.path.relpath(s, d).split(os.sep)[0] for d in p["private"] for s in p["shared"]
+        if s.startswith(d.rstrip("/") + "/")}
+full = [d for d in p["private"] if set(os.listdir(d)) - ways]
 assert not full, f"not empty in the namespace: {full}"
-print(f"{len(private)} private dirs empty, run root visible")
+print(f"{len(p['private'])} private dirs empty, run root and {len(p['shared'])} shared dirs "
+      "visible")
 """
 
 
@@ -283,15 +299,17 @@ def up(args: argparse.Namespace) -> int:
     run_root = Path(args.run_root).absolute()
     check_paths(cluster_dir, run_root, private)
     template["provider"]["isolation"] = args.isolation
+    template["provider"]["shared_dirs"] = shared_dirs()
     cluster = Cluster(cluster_dir, run_root, Ports(*free_ports(5)))
 
     shutil.rmtree(cluster_dir, ignore_errors=True)   # the last run's logs and node disks
     cluster_dir.mkdir(parents=True)
     run_root.mkdir(parents=True, exist_ok=True)
     if args.isolation == "namespace":
-        preflight_isolation(cluster, private)
+        preflight_isolation(cluster, private, template["provider"]["shared_dirs"])
     ensure_token()
     cfg = render_config(template, cluster, private, args.idle_minutes)
+    set_boot_delay(cluster_dir, args.boot_delay)
     try:
         start(cluster, cfg)
     except BaseException:
@@ -299,6 +317,24 @@ def up(args: argparse.Namespace) -> int:
         down(argparse.Namespace(cluster_dir=str(cluster_dir)))
         raise
     print(summary(cluster))
+    return 0
+
+
+def set_boot_delay(cluster_dir: Path, seconds: float) -> None:
+    """How long each worker node launched from now on sleeps before its `ray start`: a cloud
+    node's boot and setup commands, minutes on GPU VMs (clusters/README.md)."""
+    if seconds < 0:
+        raise ValueError(f"boot delay {seconds} s: must be 0 or more")
+    (cluster_dir / local_provider.BOOT_DELAY_FILE).write_text(f"{seconds:g}\n")
+
+
+def boot_delay(args: argparse.Namespace) -> int:
+    cluster_dir = Path(args.cluster_dir).absolute()
+    if not (cluster_dir / STATE).exists():
+        print(f"no cluster up in {args.cluster_dir}")
+        return 1
+    set_boot_delay(cluster_dir, args.seconds)
+    log.info("worker nodes launched from now on boot in %g s", args.seconds)
     return 0
 
 
@@ -450,7 +486,7 @@ def status(args: argparse.Namespace) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="clusters/local.py", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("up", "down", "status"):
+    for name in ("up", "down", "status", "boot-delay"):
         s = sub.add_parser(name)
         s.add_argument("--cluster-dir", default="/tmp/mixray-local",
                        help="the cluster's own dir: Ray temp dirs, node disks, logs, state")
@@ -461,6 +497,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             s.add_argument("--idle-minutes", type=float, default=None,
                            help="override idle_timeout_minutes")
             s.add_argument("--isolation", choices=["namespace", "none"], default="namespace")
+            s.add_argument("--boot-delay", type=float, default=0.0, metavar="SECONDS",
+                           help="each worker node sleeps this long before `ray start`, as a "
+                                "cloud node boots (change it later: boot-delay)")
+        if name == "boot-delay":
+            s.add_argument("seconds", type=float,
+                           help="the boot delay of the worker nodes launched from now on")
     return p.parse_args(argv)
 
 
@@ -469,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
                         datefmt="%H:%M:%S")
     args = parse_args(argv)
     try:
-        return {"up": up, "down": down, "status": status}[args.cmd](args)
+        return {"up": up, "down": down, "status": status,
+                "boot-delay": boot_delay}[args.cmd](args)
     except (ValueError, RuntimeError, TimeoutError, subprocess.CalledProcessError) as e:
         log.error("%s", e)
         return 1

@@ -69,14 +69,22 @@ HEAD_TEMP = "head"
 # (`ray::IDLE`), so the environment, not the command line, is how `down` finds them all.
 CLUSTER_ENV = "MIXRAY_LOCAL_CLUSTER_DIR"
 NODE_ENV = "MIXRAY_LOCAL_NODE"
+# Seconds a worker node takes to "boot" before its `ray start`, read at each launch from this file
+# in the cluster dir (written by `local.py up --boot-delay`, changed by `local.py boot-delay`), so
+# one test can ask for cloud-slow nodes and the next for quick ones on the same cluster.
+BOOT_DELAY_FILE = "boot-delay-s"
+# On the head's PYTHONPATH only: its sitecustomize hides vLLM from the head's processes.
+HEAD_SITE = "head_site"
 
 
 @dataclass(frozen=True)
 class Mount:
-    """One mount in a node's namespace: ``source`` bound over ``target``, or a tmpfs if None."""
+    """One mount in a node's namespace: ``source`` bound over ``target``, or a tmpfs if None.
+    ``shared``: a head directory the node sees through its own copy of a private dir."""
 
     target: str
     source: str | None = None
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,35 +110,59 @@ class NodeDirs:
         return self.root / "tmp" / self.temp_dir.relative_to(TMP) / session / "logs"
 
 
-def private_mounts(private_dirs: list[str], node_root: Path) -> list[Mount]:
+def private_mounts(private_dirs: list[str], node_root: Path,
+                   shared_dirs: list[str] = ()) -> list[Mount]:
     """The mounts that give a node its own copy of each of ``private_dirs``, in an order that
     works: every bind source lies under the head's /tmp, so /tmp is replaced last; /dev/shm gets a
-    tmpfs (shared memory belongs in RAM); a dir below another private dir needs nothing."""
-    dirs = sorted({os.path.normpath(os.path.expanduser(d)) for d in private_dirs})
+    tmpfs (shared memory belongs in RAM); a dir below another private dir needs nothing.
+
+    ``shared_dirs`` that lie below a private dir (a checkout and its venv under /tmp: every real
+    node has the code and the venv) are bound into the node's copy of it first, at the same path;
+    the copies are bound recursively (namespace_command), so the node sees them where the head
+    does and nothing else of the head's dir."""
+    dirs = sorted({_norm(d) for d in private_dirs})
     dirs = [d for d in dirs if not any(_is_below(d, other) for other in dirs if other != d)]
     mounts = []
+    for shared in sorted({_norm(d) for d in shared_dirs}):
+        owner = next((d for d in dirs if d != SHM and _is_below(shared, d)), None)
+        if owner is not None:
+            copy = _copy_of(owner, node_root) / os.path.relpath(shared, owner)
+            mounts.append(Mount(str(copy), shared, shared=True))
     for d in dirs:
         if d == SHM:
             mounts.append(Mount(d))
         elif d != TMP:
-            mounts.append(Mount(d, str(node_root / _slug(d))))
+            mounts.append(Mount(d, str(_copy_of(d, node_root))))
     if TMP in dirs:
-        mounts.append(Mount(TMP, str(node_root / "tmp")))
+        mounts.append(Mount(TMP, str(_copy_of(TMP, node_root))))
     return mounts
 
 
-def namespace_command(mounts: list[Mount], argv: list[str], *, as_root: bool) -> list[str]:
-    """``argv`` in a new mount namespace with ``mounts`` applied first. As root a plain mount
-    namespace; otherwise an unprivileged user namespace that maps us to root inside it (mount(8)
-    refuses a non-root caller), which kernels may forbid (Ubuntu 24.04's AppArmor does)."""
+def _norm(path: str) -> str:
+    return os.path.normpath(os.path.expanduser(path))
+
+
+def _copy_of(private_dir: str, node_root: Path) -> Path:
+    """Where the node's own copy of ``private_dir`` lives on the head's disk."""
+    return node_root / ("tmp" if private_dir == TMP else _slug(private_dir))
+
+
+def namespace_command(mounts: list[Mount], argv: list[str], *, as_root: bool,
+                      delay_s: float = 0.0) -> list[str]:
+    """``argv`` in a new mount namespace with ``mounts`` applied first, ``delay_s`` after them
+    (the node's boot). As root a plain mount namespace; otherwise an unprivileged user namespace
+    that maps us to root inside it (mount(8) refuses a non-root caller), which kernels may forbid
+    (Ubuntu 24.04's AppArmor does)."""
     lines = ["set -e"]
     for m in mounts:
         q = shlex.quote(m.target)
         lines.append(f"mkdir -p {q}")
         if m.source is None:
             lines.append(f"mount -t tmpfs -o mode=1777 tmpfs {q}")
-        else:
-            lines.append(f"mount --bind {shlex.quote(m.source)} {q}")
+        else:   # recursive: a shared dir bound into a private copy comes along with it
+            lines.append(f"mount --rbind {shlex.quote(m.source)} {q}")
+    if delay_s:
+        lines.append(f"sleep {delay_s:g}")
     lines.append("exec " + shlex.join(argv))
     unshare = ["unshare", "--mount", "--propagation", "private"]
     if not as_root:
@@ -166,8 +198,9 @@ def node_env(base: dict[str, str], node_id: str, node_type: str, dirs: NodeDirs,
     refuse to choose ("Found multiple active Ray instances"); a cloud VM has one."""
     env = {k: v for k, v in base.items() if k not in HEAD_ONLY_ENV}
     env["RAY_ADDRESS"] = gcs_address
-    here = str(Path(__file__).resolve().parent)
-    path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != here]
+    here = Path(__file__).resolve().parent
+    head_only = {str(here), str(here / HEAD_SITE)}
+    path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in head_only]
     env["PYTHONPATH"] = os.pathsep.join(path)
     env.update({"RAY_OVERRIDE_NODE_ID_FOR_TESTING": node_id, "RAY_CLOUD_INSTANCE_ID": node_id,
                 "RAY_NODE_TYPE_NAME": node_type, "RAY_AUTH_MODE": "token",
@@ -186,6 +219,7 @@ class NamespacedNodeProvider(FakeMultiNodeProvider):
             self._nodes[self._head_node_id]["tags"][TAG_RAY_USER_NODE_TYPE] = head_type
         self._cluster_dir = Path(provider_config["cluster_dir"])
         self._private = list(provider_config.get("private_dirs", []))
+        self._shared = list(provider_config.get("shared_dirs", []))
         self._isolate = provider_config.get("isolation", "namespace") == "namespace"
         self._ray = str(Path(sys.executable).parent / "ray")
         log.info("local provider: cluster dir %s, isolation %s, private dirs %s",
@@ -199,17 +233,20 @@ class NamespacedNodeProvider(FakeMultiNodeProvider):
             node_type = tags[TAG_RAY_USER_NODE_TYPE]
             node_id = self._next_hex_node_id()
             dirs = NodeDirs(self._cluster_dir, f"{node_type}-{self._next_node_id:02d}")
-            proc = self._launch(node_id, node_type, dirs, node_config, resources, labels)
+            delay = boot_delay_s(self._cluster_dir)
+            proc = self._launch(node_id, node_type, dirs, node_config, resources, labels, delay)
             all_tags = {TAG_RAY_NODE_KIND: NODE_KIND_WORKER, TAG_RAY_USER_NODE_TYPE: node_type,
                         TAG_RAY_NODE_NAME: dirs.name, TAG_RAY_NODE_STATUS: STATUS_UP_TO_DATE}
             all_tags.update(tags)
             self._nodes[node_id] = {"tags": all_tags, "process": proc, "dirs": dirs}
 
     def _launch(self, node_id: str, node_type: str, dirs: NodeDirs, node_config: dict[str, Any],
-                resources: dict[str, float], labels: dict[str, str]) -> subprocess.Popen:
-        mounts = private_mounts(self._private, dirs.root) if self._isolate else []
+                resources: dict[str, float], labels: dict[str, str],
+                delay_s: float) -> subprocess.Popen:
+        mounts = (private_mounts(self._private, dirs.root, self._shared) if self._isolate
+                  else [])
         for m in mounts:
-            if m.source:
+            if m.source and not m.shared:
                 Path(m.source).mkdir(parents=True, exist_ok=True)
                 os.chmod(m.source, 0o1777 if m.target == TMP else 0o755)
         dirs.root.mkdir(parents=True, exist_ok=True)
@@ -219,14 +256,16 @@ class NamespacedNodeProvider(FakeMultiNodeProvider):
         argv = ray_start_argv(self._ray, self._gcs_address, dirs, resources, labels,
                               node_config.get("object_store_memory"), free_ports(1)[0])
         if self._isolate:
-            argv = namespace_command(mounts, argv, as_root=os.geteuid() == 0)
+            argv = namespace_command(mounts, argv, as_root=os.geteuid() == 0, delay_s=delay_s)
+        elif delay_s:
+            argv = ["bash", "-c", f"sleep {delay_s:g}; exec \"$@\"", "boot", *argv]
         with open(dirs.root / "ray-start.log", "ab") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                     env=node_env(dict(os.environ), node_id, node_type, dirs,
                                                  self._gcs_address),
                                     start_new_session=True)
-        log.info("launched %s node %s (pid %d, node id %s): logs %s", node_type, dirs.name,
-                 proc.pid, node_id, dirs.root / "logs")
+        log.info("launched %s node %s (pid %d, node id %s, boots in %g s): logs %s", node_type,
+                 dirs.name, proc.pid, node_id, delay_s, dirs.root / "logs")
         return proc
 
     def non_terminated_nodes(self, tag_filters: dict[str, str]) -> list[str]:
@@ -260,6 +299,12 @@ def _reap(proc: subprocess.Popen, dirs: NodeDirs) -> None:
     for pid in pids_with_env(NODE_ENV, str(dirs.temp_dir)):
         log.warning("killing leftover pid %d of node %s", pid, dirs.name)
         _kill(pid, signal.SIGKILL)
+
+
+def boot_delay_s(cluster_dir: Path) -> float:
+    """The cluster's current boot delay (0 when the file is absent)."""
+    path = cluster_dir / BOOT_DELAY_FILE
+    return float(path.read_text()) if path.exists() else 0.0
 
 
 def pids_with_env(key: str, value: str) -> list[int]:

@@ -151,6 +151,63 @@ def test_mounts_hide_cache_shm_and_tmp_and_replace_tmp_last():
     assert [m.target for m in nested] == [f"{home}/.cache", "/tmp"]
 
 
+def test_a_checkout_under_tmp_is_bound_into_the_nodes_tmp_at_its_own_path():
+    """A new user's clone under /tmp: the node's /tmp is its own, but the code and the venv are
+    bound into it first (as every real node has them), and /tmp comes along recursively."""
+    root = Path("/tmp/mixray-t/nodes/teacher-01")
+    mounts = local_provider.private_mounts(["~/.cache", "/dev/shm", "/tmp"], root,
+                                           ["/tmp/clone", "/tmp/clone/.venv", "/work/venv"])
+    shared = [m for m in mounts if m.shared]
+    assert shared == [local_provider.Mount(str(root / "tmp" / "clone"), "/tmp/clone", True),
+                      local_provider.Mount(str(root / "tmp" / "clone" / ".venv"),
+                                           "/tmp/clone/.venv", True)], "/work/venv: not private"
+    assert mounts[: len(shared)] == shared, "bound into the copy before the copy replaces /tmp"
+    assert mounts[-1] == local_provider.Mount("/tmp", str(root / "tmp"))
+    script = local_provider.namespace_command(mounts, ["true"], as_root=True)[-1]
+    assert f"mount --rbind /tmp/clone {root / 'tmp' / 'clone'}" in script
+    assert f"mount --rbind {root / 'tmp'} /tmp" in script
+
+
+def test_boot_delay_sleeps_inside_the_namespace_before_ray_starts():
+    mounts = local_provider.private_mounts(["/tmp"], Path("/tmp/mixray-t/nodes/trainer-01"))
+    script = local_provider.namespace_command(mounts, ["ray", "start"], as_root=True,
+                                              delay_s=90)[-1].splitlines()
+    assert script[-2:] == ["sleep 90", "exec ray start"]
+    quick = local_provider.namespace_command(mounts, ["ray", "start"], as_root=True)[-1]
+    assert "sleep" not in quick
+
+
+def test_the_boot_delay_file_is_read_at_each_launch(tmp_path):
+    assert local_provider.boot_delay_s(tmp_path) == 0.0
+    local.set_boot_delay(tmp_path, 75)
+    assert local_provider.boot_delay_s(tmp_path) == 75.0
+    local.set_boot_delay(tmp_path, 0)
+    assert local_provider.boot_delay_s(tmp_path) == 0.0
+    with pytest.raises(ValueError, match="must be 0 or more"):
+        local.set_boot_delay(tmp_path, -1)
+
+
+def test_the_heads_python_has_no_vllm_and_the_nodes_do(tmp_path):
+    """head_site/sitecustomize.py on the head's PYTHONPATH hides vLLM (as a cloud head lacks
+    it); a worker node's environment drops it again."""
+    site = CLUSTERS / local_provider.HEAD_SITE
+    probe = ("import importlib.util, sys; print(importlib.util.find_spec('json') is not None, "
+             "importlib.util.find_spec('vllm') is None)")
+    env = os.environ | {"PYTHONPATH": str(site)}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == ["True", "True"]
+    failed = subprocess.run([sys.executable, "-c", "import vllm"], env=env, capture_output=True,
+                            text=True, check=False)
+    assert failed.returncode == 1 and "ModuleNotFoundError" in failed.stderr
+    dirs = local_provider.NodeDirs(Path("/tmp/mixray-t"), "teacher-01")
+    cluster = local.Cluster(Path("/tmp/mixray-t"), RUN_ROOT, local.Ports(*range(5)))
+    head = local.head_env({"PYTHONPATH": "/opt/lib"}, cluster)
+    assert str(site) in head["PYTHONPATH"].split(os.pathsep)
+    node = local_provider.node_env(head, "f" * 56, "teacher", dirs, "127.0.0.1:6380")
+    assert node["PYTHONPATH"] == "/opt/lib"
+
+
 def test_namespace_command_mounts_over_private_dirs_but_not_the_run_root():
     root = Path("/tmp/mixray-t/nodes/trainer-02")
     dirs = local_provider.NodeDirs(Path("/tmp/mixray-t"), "trainer-02")
