@@ -37,7 +37,6 @@ class HFEngine:
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
         return cls(model.to(device).eval(), tokenizer)
 
-    @torch.inference_mode()
     def close(self) -> None:
         """Drop the model (and, on a GPU, the cached blocks it leaves behind)."""
         on_gpu = self.model is not None and self.model.device.type == "cuda"
@@ -45,6 +44,7 @@ class HFEngine:
         if on_gpu:
             torch.cuda.empty_cache()
 
+    @torch.inference_mode()
     def generate(self, prompts: list[Messages], sampling: SamplingConfig,
                  seeds: Sequence[int] | None = None) -> list[Completion]:
         texts = [
