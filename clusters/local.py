@@ -298,15 +298,15 @@ def up(args: argparse.Namespace) -> int:
     private = private_dirs(template, dict(os.environ))
     run_root = Path(args.run_root).absolute()
     check_paths(cluster_dir, run_root, private)
-    template["provider"]["isolation"] = args.isolation
-    template["provider"]["shared_dirs"] = shared_dirs()
+    shared = shared_dirs()
+    template["provider"].update(isolation=args.isolation, shared_dirs=shared)
     cluster = Cluster(cluster_dir, run_root, Ports(*free_ports(5)))
 
     shutil.rmtree(cluster_dir, ignore_errors=True)   # the last run's logs and node disks
     cluster_dir.mkdir(parents=True)
     run_root.mkdir(parents=True, exist_ok=True)
     if args.isolation == "namespace":
-        preflight_isolation(cluster, private, template["provider"]["shared_dirs"])
+        preflight_isolation(cluster, private, shared)
     ensure_token()
     cfg = render_config(template, cluster, private, args.idle_minutes)
     set_boot_delay(cluster_dir, args.boot_delay)

@@ -236,7 +236,7 @@ def boot_times(cluster_dir: Path, state: dict[str, str]) -> dict[str, list[float
     log = (cluster_dir / "head" / "session_latest" / "logs" / "monitor.log").read_text()
     found = re.finditer(r"^(\S+ \S+).*launched (\w+) node \S+ \(pid \d+, node id (\w+)", log,
                         re.MULTILINE)
-    launched = {m[3]: (m[2], datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f")) for m in found}
+    launched = {m[3]: (m[2], log_time(m[1])) for m in found}
     out: dict[str, list[float]] = {}
     for node in json.loads(ray_cli(state, "list", "nodes", "--detail", "--format=json",
                                    "--limit=1000")):
@@ -250,7 +250,12 @@ def boot_times(cluster_dir: Path, state: dict[str, str]) -> dict[str, list[float
 def launches_since(cluster_dir: Path, kind: str, since: datetime) -> int:
     """How many nodes of ``kind`` the autoscaler launched after ``since``."""
     return sum(1 for at, what, k in timeline(cluster_dir) if what == "launched" and k == kind
-               and datetime.strptime(at, "%Y-%m-%d %H:%M:%S,%f") > since)
+               and log_time(at) > since)
+
+
+def log_time(stamp: str) -> datetime:
+    """A Ray log line's local timestamp ("2026-12-07 21:14:54,570")."""
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")
 
 
 def timeline(cluster_dir: Path) -> list[tuple[str, str, str]]:
