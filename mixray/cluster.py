@@ -11,8 +11,10 @@ start from 0 nodes. That is asked of Ray (`autoscaler_maximum`), not of a file o
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 # A node type's custom resource marks where work may go; each actor or worker asks for this much
 # of it, so that CPUs and GPUs, not the marker, decide how many fit on a node (a node carries 1).
@@ -56,16 +58,51 @@ def autoscaler_maximum(node_type: str | None = None) -> dict[str, float]:
 
 
 def launcher_maximum(path: Path, node_type: str | None = None) -> dict[str, float]:
-    """`autoscaler_maximum` from a cluster launcher YAML (`ray up`'s bootstrap config)."""
+    """`autoscaler_maximum` from a cluster file: a cluster launcher YAML (`ray up`'s, or its
+    bootstrap config on the head) or a KubeRay manifest (RayCluster, RayJob or RayService);
+    {} when there is no such file."""
     import yaml
 
     if not path.is_file():
         return {}
-    launcher = yaml.safe_load(path.read_text()) or {}
-    groups = [(node.get("resources") or {},
-               1 if name == launcher.get("head_node_type") else node.get("max_workers", 0))
-              for name, node in (launcher.get("available_node_types") or {}).items()]
-    return _summed(groups, node_type)
+    for doc in yaml.safe_load_all(path.read_text()):
+        if groups := node_groups(doc or {}):
+            return _summed(groups, node_type)
+    return {}
+
+
+def node_groups(doc: dict[str, Any]) -> list[tuple[dict[str, float], int]]:
+    """(resources of one node, most nodes) per node type of one YAML document: a launcher's
+    `available_node_types`, or a KubeRay cluster spec's head and worker groups ([] for any other
+    document)."""
+    if "available_node_types" in doc:
+        return [(node.get("resources") or {},
+                 1 if name == doc.get("head_node_type") else node.get("max_workers", 0))
+                for name, node in doc["available_node_types"].items()]
+    spec = doc.get("spec") or {}
+    spec = spec.get("rayClusterSpec") or spec.get("rayClusterConfig") or spec  # RayJob, Service
+    if "headGroupSpec" not in spec:
+        return []
+    return [(_pod_resources(spec["headGroupSpec"]), 1)] + [
+        (_pod_resources(g), int(g.get("maxReplicas", g.get("replicas", 0))))
+        for g in spec.get("workerGroupSpecs") or []]
+
+
+def _pod_resources(group: dict[str, Any]) -> dict[str, float]:
+    """What KubeRay makes one pod of a group offer Ray: rayStartParams first (num-cpus,
+    num-gpus, resources), else the Ray container's limits (KubeRay's own rule; the Ray container
+    is the first)."""
+    params = group.get("rayStartParams") or {}
+    limits = group["template"]["spec"]["containers"][0].get("resources", {}).get("limits", {})
+    out: dict[str, float] = {}
+    if (cpu := params.get("num-cpus", limits.get("cpu"))) is not None:
+        cpu = str(cpu)
+        out["CPU"] = float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    if (gpus := params.get("num-gpus", limits.get("nvidia.com/gpu"))) is not None:
+        out["GPU"] = float(gpus)
+    if custom := params.get("resources"):  # '"{\"teacher_node\": 1}"': JSON, quoted for the CLI
+        out |= json.loads(str(custom).strip().strip('"').replace('\\"', '"'))
+    return out
 
 
 def _summed(groups: list[tuple[dict[str, float], int]],
@@ -78,22 +115,25 @@ def _summed(groups: list[tuple[dict[str, float], int]],
     return most
 
 
-def require(what: str, resource: str, need: float, have: dict[str, float]) -> None:
-    """ValueError naming `what` when `need` of `resource` exceeds what the cluster can offer."""
+def require(what: str, resource: str, need: float, have: dict[str, float],
+            where: str = "the Ray cluster") -> None:
+    """ValueError naming `what` when `need` of `resource` exceeds what the cluster (``where``:
+    how the message names it) can offer."""
     offered = have.get(resource, 0.0)
     if need > offered:
-        raise ValueError(f"{what} needs {need:g} {resource}s but the Ray cluster has "
+        raise ValueError(f"{what} needs {need:g} {resource}s but {where} has "
                          f"{offered:g}" + (" (nor can its autoscaler add them)"
                                            if resource == "GPU" else ""))
 
 
-def require_node_type(what: str, resource: str, have: dict[str, float]) -> None:
+def require_node_type(what: str, resource: str, have: dict[str, float],
+                      where: str = "the Ray cluster") -> None:
     """ValueError naming `what` (a sweep-file key) when no node, present or to come, carries
     the custom resource `resource` that marks a node type."""
     if have.get(resource, 0.0) < NODE_TYPE_SHARE:
         marks = sorted(k for k in have if k not in ("CPU", "GPU", "memory", "object_store_memory")
                        and not k.startswith(("node:", "accelerator_type:")))
-        raise ValueError(f"{what} is {resource!r}, but no node type of this Ray cluster carries "
+        raise ValueError(f"{what} is {resource!r}, but no node type of {where} carries "
                          f"that resource (nor can its autoscaler add one); it has "
                          f"{marks or 'no custom resources'}")
 

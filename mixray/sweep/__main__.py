@@ -18,7 +18,7 @@ from pathlib import Path
 from mixray import logs, runtime
 from mixray.config import SweepConfig, load_sweep
 from mixray.sweep import console
-from mixray.sweep.plan import plan
+from mixray.sweep.plan import check_resources, plan
 from mixray.sweep.preflight import check_inputs
 from mixray.sweep.run import prepare, run_sweep
 from mixray.sweep.summary import format_summary
@@ -54,6 +54,20 @@ def _run(cfg: SweepConfig, args: argparse.Namespace, log: Path | None) -> tuple[
             + f"\nsweep {summary['status']} in {time.perf_counter() - start:.0f} s")
 
 
+def check_cluster_file(cfg: SweepConfig, path: Path) -> None:
+    """What `plan.check_resources` refuses once Ray is up, asked of the cluster file instead:
+    the most its node types may start (`cluster.launcher_maximum`)."""
+    from mixray import cluster
+
+    if not path.is_file():
+        raise ValueError(f"--cluster {path}: no such file")
+    most = cluster.launcher_maximum(path)
+    if not most:
+        raise ValueError(f"--cluster {path}: declares no node types (expected a cluster "
+                         "launcher YAML's available_node_types or a KubeRay cluster spec)")
+    check_resources(cfg, most, where=str(path))
+
+
 def output_log(cfg: SweepConfig) -> Path:
     """Where a quiet console sends Ray's, Tune's, DeepSpeed's and the workers' output."""
     return cfg.root.log(cfg.name, time.strftime("%Y%m%d-%H%M%S"))
@@ -66,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override any key of the sweep file (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="validate, print the plan, exit")
+    parser.add_argument("--cluster", type=Path, metavar="YAML",
+                        help="the cluster file the sweep is meant for (clusters/aws.yaml, "
+                        "gcp.yaml, kuberay.yaml): every trial and engine replica must fit what "
+                        "its node types may start, and every resources.node_types entry must be "
+                        "one of them; checked before Ray starts, with --dry-run too")
     parser.add_argument("--upstream-only", action="store_true",
                         help="generate and curate the teachers' pools (cached as usual), print "
                         "what each holds, and stop before the trials")
@@ -80,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_sweep(args.sweep, args.set)
         check_inputs(cfg)  # what the real run would refuse minutes later, before Ray starts
+        if args.cluster is not None:
+            check_cluster_file(cfg, args.cluster)
         print(plan(cfg))
     except ValueError as e:  # config.SweepFileError, or cost.calibrate_from that cannot be read
         print(f"error: {e}", file=sys.stderr)

@@ -75,8 +75,10 @@ def power_plan(cfg: SweepConfig) -> str:
             f"0.5); detecting {a.detect:g} takes up to {need} problems (analysis.detect)")
 
 
-def check_resources(cfg: SweepConfig, capacity: dict[str, float]) -> None:
-    """Fail before any work when one trial or one generation actor can never be placed."""
+def check_resources(cfg: SweepConfig, capacity: dict[str, float],
+                    where: str = "the Ray cluster") -> None:
+    """Fail before any work when one trial or one generation actor can never be placed on the
+    cluster (``where``, as messages name it) whose most is ``capacity``."""
     needs = [("one trial (train.num_workers x resources.cpus_per_train_worker + a little)",
               "CPU", cpus_per_trial(cfg)),
              ("one trial (train.num_workers x resources.gpus_per_train_worker)",
@@ -92,10 +94,11 @@ def check_resources(cfg: SweepConfig, capacity: dict[str, float]) -> None:
         needs.append(("one judge replica (evaluate.judge.gpus_per_replica)", "GPU",
                       cfg.evaluate.judge.gpus))
     for what, resource, need in needs:
-        cluster.require(what, resource, need, capacity)
+        cluster.require(what, resource, need, capacity, where)
     for role, node_type in cfg.resources.node_types.model_dump().items():
         if node_type is not None:
-            cluster.require_node_type(f"resources.node_types.{role}", node_type, capacity)
+            cluster.require_node_type(f"resources.node_types.{role}", node_type, capacity,
+                                      where)
 
 
 def describe_search(cfg: SweepConfig) -> str:

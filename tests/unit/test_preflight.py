@@ -4,9 +4,11 @@ Ray starts: missing local files, model specs that cannot resolve, tracking URIs 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mixray.config import SweepFileError, load_sweep
 from mixray.sweep.__main__ import main
@@ -57,3 +59,60 @@ def test_files_that_exist_and_usable_uris_pass(tmp_path: Path) -> None:
         check_inputs(load_sweep(SMOKE, [
             f"problems.source={{kind: dataset, path: {data}}}",
             f"tracking.tracking_uri={uri}"]))
+
+
+# --- --cluster: the sweep against the cluster file it is meant for ----------------------------
+
+PAPER_MIX = str(REPO / "sweeps" / "paper-mix.yaml")
+
+
+@pytest.mark.parametrize("cluster_file", ["aws.yaml", "gcp.yaml", "kuberay.yaml"])
+def test_the_paper_recipe_fits_each_cloud_cluster_file(cluster_file: str, tmp_path: Path,
+                                                       capsys) -> None:
+    code = main([PAPER_MIX, f"--set=run_root={tmp_path}", "--dry-run",
+                 f"--cluster={REPO / 'clusters' / cluster_file}"])
+    assert code == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("resources.node_types.evaluation=gpu_node", r"resources\.node_types\.evaluation is "
+     r"'gpu_node', but no node type of .*kuberay\.yaml carries that resource"),
+    ("evaluate.judge.engine.tensor_parallel_size=64",
+     r"one judge replica .* needs 64 GPUs but .*kuberay\.yaml has"),
+])
+def test_a_sweep_its_cluster_file_cannot_hold_is_refused_before_ray_starts(
+        override: str, expected: str, tmp_path: Path, capsys) -> None:
+    """Issue 26, item 4: with --cluster, what the real run would refuse once the cluster is up
+    (a node type the file never declares, a replica larger than any node) is refused before it
+    is booked, with exit 2 and the key, as the real run does it (plan.check_resources)."""
+    code = main([PAPER_MIX, f"--set=run_root={tmp_path}", f"--set={override}", "--dry-run",
+                 f"--cluster={REPO / 'clusters' / 'kuberay.yaml'}"])
+    assert code == 2
+    assert re.search(expected, capsys.readouterr().err)
+
+
+def test_a_kuberay_manifest_offers_what_its_pods_give_ray() -> None:
+    """KubeRay gives Ray a pod's container limits (CPU, nvidia.com/gpu) and the custom resources
+    of its rayStartParams, times the group's maxReplicas."""
+    from mixray import cluster
+
+    path = REPO / "clusters" / "kuberay.yaml"
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    spec = next(d["spec"]["rayClusterSpec"] for d in docs if d.get("kind") == "RayJob")
+    groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+    teacher, trainer = groups["teacher-8gpu"], groups["trainer-4gpu"]
+    most = cluster.launcher_maximum(path)
+    assert most["teacher_node"] == teacher["maxReplicas"]
+    assert most["trainer_node"] == trainer["maxReplicas"]
+    gpus = [g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+            for g in (teacher, trainer)]
+    assert most["GPU"] == gpus[0] * teacher["maxReplicas"] + gpus[1] * trainer["maxReplicas"]
+    assert cluster.launcher_maximum(path, "trainer_node")["GPU"] == gpus[1] * \
+        trainer["maxReplicas"]
+
+
+def test_a_cluster_file_without_node_types_is_refused(tmp_path: Path, capsys) -> None:
+    empty = tmp_path / "not-a-cluster.yaml"
+    empty.write_text("kind: Namespace\n")
+    assert main([SMOKE, f"--set=run_root={tmp_path}", "--dry-run", f"--cluster={empty}"]) == 2
+    assert "declares no node types" in capsys.readouterr().err
