@@ -128,38 +128,75 @@ def preflight(job: GenerationJob) -> None:
         check_vllm(job)
 
 
+@dataclass(frozen=True)
+class EngineSite:
+    """Where one model run's vLLM engines will run: what `check_vllm` asks about."""
+
+    label: str  # how errors name the run: "teacher 'long'", "the evaluation", ...
+    node_type: str | None  # its node type's custom resource (None: any node)
+    gpus: float  # per replica: > 0 needs CUDA there
+
+
 def check_vllm(job: GenerationJob) -> None:
-    """vLLM where this job's engine actors will run, asked there: a small Ray task on their node
-    type (with a sliver of a GPU where they ask for GPUs, so that it lands where CUDA is), not
-    in the driver, whose node (a CPU head) need not have vLLM at all. Failing here takes seconds
-    (or a node's boot); the actors' own ImportError would surface only once the pool started."""
+    """vLLM where this job's engine actors will run (`check_vllm_sites`)."""
+    check_vllm_sites([EngineSite(repr(job.label), job.placement.node_type, job.gpus_per_replica)],
+                     job.placement.start_timeout_s)
+
+
+def check_vllm_sites(sites: list[EngineSite], start_timeout_s: float) -> None:
+    """vLLM where each site's engine actors will run, asked there: one small Ray task per node
+    type (with a sliver of a GPU where they ask for GPUs, so that it lands where CUDA is), all
+    at once, not in the driver, whose node (a CPU head) need not have vLLM at all. A sweep asks
+    for every engine before any generation; failing here takes seconds (or a node's boot), where
+    the actors' own ImportError would surface only once their pool started, hours in for an
+    evaluation. Raises ValueError naming every run, node and node type that lacks it."""
+    import ray
+
+    groups: dict[tuple[str | None, bool], list[str]] = {}
+    for site in sites:
+        groups.setdefault((site.node_type, site.gpus > 0), []).append(site.label)
+    refs = {key: _probe(*key) for key in groups}
+    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=start_timeout_s)
+    problems = []
+    for (where, cuda), ref in refs.items():
+        labels = ", ".join(groups[(where, cuda)])
+        if ref not in ready:
+            ray.cancel(ref, force=True)
+            problems.append(f"{labels}: no node {f'of type {where} ' if where else ''}came up "
+                            f"within {start_timeout_s:g} s to check vLLM on "
+                            "(resources.node_start_timeout_s)")
+        elif (problem := vllm_problem(ray.get(ref), where, cuda)) is not None:
+            problems.append(f"{labels}: {problem}")
+        else:
+            log.info("vLLM for %s: %s", labels, ray.get(ref)["version"])
+    if problems:
+        raise ValueError("\n".join(problems))
+
+
+def _probe(node_type: str | None, needs_cuda: bool) -> Any:
     import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from mixray.generate.vllm import INSTALL_HINT
-
-    where = job.placement.node_type
     # Not in the caller's placement group: a trial's (Tune captures its child tasks) holds only
     # the trial function's own slot, and Tune refuses a task that does not fit there.
-    options: dict = {"num_cpus": 0, "num_gpus": min(job.gpus_per_replica, 0.01),
+    options: dict = {"num_cpus": 0, "num_gpus": 0.01 if needs_cuda else 0,
                      "scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=None)}
-    if where:
-        options["resources"] = {where: cluster.NODE_TYPE_SHARE}
-    ref = ray.remote(engine_probe).options(**options).remote(job.gpus_per_replica > 0)
-    try:
-        found = ray.get(ref, timeout=job.placement.start_timeout_s)
-    except ray.exceptions.GetTimeoutError:
-        ray.cancel(ref, force=True)
-        raise ValueError(f"{job.label!r}: no node {f'of type {where} ' if where else ''}came up "
-                         f"within {job.placement.start_timeout_s:g} s to check vLLM on "
-                         "(resources.node_start_timeout_s)") from None
-    on = f"on {found['node']}" + (f" (node type {where})" if where else "")
+    if node_type:
+        options["resources"] = {node_type: cluster.NODE_TYPE_SHARE}
+    return ray.remote(engine_probe).options(**options).remote(needs_cuda)
+
+
+def vllm_problem(found: dict[str, Any], node_type: str | None, needs_cuda: bool) -> str | None:
+    """What is wrong with what `engine_probe` found on a node (None: nothing)."""
+    from mixray.generate.vllm import INSTALL_HINT
+
+    on = f"on {found['node']}" + (f" (node type {node_type})" if node_type else "")
     if found["version"] is None:
-        raise ValueError(f"{job.label!r}: vLLM is not installed {on}: {INSTALL_HINT}")
-    if job.gpus_per_replica > 0 and not found["cuda"]:
-        raise ValueError(f"{job.label!r}: vLLM {found['version']} {on} sees no CUDA device; "
-                         "its node type needs GPUs and a CUDA build of torch")
-    log.info("generate[%s]: vLLM %s %s", job.label, found["version"], on)
+        return f"vLLM is not installed {on}: {INSTALL_HINT}"
+    if needs_cuda and not found["cuda"]:
+        return (f"vLLM {found['version']} {on} sees no CUDA device; its node type needs GPUs "
+                "and a CUDA build of torch")
+    return None
 
 
 def engine_probe(needs_cuda: bool) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from mixray import cluster, metrics
 from mixray.artifacts import StageDir
 from mixray.generate.config import STYLE_SYSTEM, ModelRun, TeacherConfig  # noqa: F401 (re-export)
 from mixray.generate.engine import Completion, Messages, row_seed
+from mixray.generate.handover import await_engines_exit
 from mixray.generate.job import (
     GenerationJob,
     Placement,
@@ -51,6 +52,9 @@ from mixray.generate.job import (
 )
 
 log = logging.getLogger(__name__)
+
+# Which engine actor answered a batch: run_generation collects them and drops the column.
+ENGINE_COLUMN = "_engine_actor"
 
 # Bump one when that engine's output for the same inputs changes.
 ENGINE_VERSIONS = {"hf": "hf-1", "vllm": "vllm-1", "http": "http-1"}
@@ -70,6 +74,7 @@ class _EngineActor:
 
     def __init__(self, job: GenerationJob) -> None:
         self.job = job
+        self.actor_id = ray.get_runtime_context().get_actor_id()  # for `await_engines_exit`
         self.engine = load_engine(job)
 
     def __del__(self) -> None:
@@ -100,6 +105,7 @@ class _EngineActor:
             "finish_reason": np.array([o.finish_reason for o in outs]),
             "error": np.array([(o.error or "engine error") if o.finish_reason == "error" else None
                                for o in outs], dtype=object),
+            ENGINE_COLUMN: np.array([self.actor_id] * n),  # dropped before the part is written
         }
 
     def _generate(self, prompts: list[Messages], seeds: list[int]) -> list[Completion]:
@@ -227,7 +233,10 @@ def run_generation(job: GenerationJob, problems_path: Path, out_dir: Path) -> di
     # wall clock too: when each teacher ran, comparable across nodes (NTP-synced clocks)
     started_at, start, new, tokens, errors = time.time(), time.perf_counter(), 0, 0, 0
     run = uuid.uuid4().hex[:8]  # part names never collide with a killed run's
+    engines: set[str] = set()
     for i, part in enumerate(_stream(job, todo)):
+        engines.update(part[ENGINE_COLUMN].to_pylist())
+        part = part.drop_columns([ENGINE_COLUMN])
         # All-null error columns come back typed null; every part must share one schema.
         part = part.set_column(part.schema.get_field_index("error"), "error",
                                part["error"].cast(pa.string()))
@@ -244,6 +253,8 @@ def run_generation(job: GenerationJob, problems_path: Path, out_dir: Path) -> di
                  extra={"live": f"generate[{job.label}]"})  # one line per stage on a console
     seconds = time.perf_counter() - start
     assert new == todo.num_rows, f"generated {new} rows for {todo.num_rows} pending rows"
+    if job.engine.kind == "vllm" or job.gpus_per_replica > 0:
+        await_engines_exit(job.label, engines)  # the GPU hand-over: see mixray.generate.handover
     log.info("generate[%s]: %d new rows (%d resumed, %d retried, %d failed), %d tokens in "
              "%.0f s (%.1f tok/s)", job.label, new, len(done), retried, errors, tokens, seconds,
              tokens / max(seconds, 1e-9))

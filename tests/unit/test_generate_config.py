@@ -21,7 +21,7 @@ from mixray.generate.config import (
     VLLMEngineConfig,
 )
 from mixray.generate.engine import row_seed
-from mixray.generate.job import engine_probe
+from mixray.generate.job import engine_probe, vllm_problem
 from mixray.generate.stage import expand_samples, pending_rows
 from mixray.mix.config import MixSpec
 from mixray.mix.manifest import build_manifest
@@ -110,6 +110,19 @@ def test_the_engine_probe_says_whether_vllm_is_installed_where_it_runs() -> None
     found = engine_probe(needs_cuda=False)
     assert (found["version"] is None) == (importlib.util.find_spec("vllm") is None)
     assert found["cuda"] is None and found["node"]
+
+
+def test_a_node_without_vllm_is_named_with_its_node_type_and_the_install_command() -> None:
+    """What a user reads when an engine's node type lacks vLLM or CUDA (check_vllm_sites)."""
+    missing = vllm_problem({"version": None, "cuda": None, "node": "ip-10-0-3-7"},
+                           "trainer_node", needs_cuda=True)
+    assert missing and "not installed on ip-10-0-3-7 (node type trainer_node)" in missing
+    assert "clusters/setup-node.sh gpu-worker" in missing and "make vllm" in missing
+    no_cuda = vllm_problem({"version": "0.32.0", "cuda": False, "node": "n"}, "teacher_node",
+                           needs_cuda=True)
+    assert no_cuda and "sees no CUDA device" in no_cuda
+    assert vllm_problem({"version": "0.32.0", "cuda": None, "node": "n"}, None,
+                        needs_cuda=False) is None
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")
