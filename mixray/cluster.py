@@ -19,6 +19,10 @@ from typing import Any
 # A node type's custom resource marks where work may go; each actor or worker asks for this much
 # of it, so that CPUs and GPUs, not the marker, decide how many fit on a node (a node carries 1).
 NODE_TYPE_SHARE = 0.001
+BUILTIN = ("CPU", "GPU", "memory", "object_store_memory")
+# A node type's resource giving the memory of each of its GPUs in GiB (clusters/*.yaml), which
+# the memory preview reads (mixray.cost.fit); nothing requests it.
+GPU_MEMORY = "gpu_memory_gib"
 
 
 def capacity(now: dict[str, float] | None = None,
@@ -48,27 +52,63 @@ def autoscaler_maximum(node_type: str | None = None) -> dict[str, float]:
     v2, KubeRay, and `make cluster-up` for clusters/local.yaml) — the record Ray Data sizes its
     own autoscaling by. A `ray up` cluster's v1 autoscaler reports none: then the launcher's
     config on the head, ~/ray_bootstrap_config.yaml. Neither: {} (a fixed cluster)."""
+    return _summed(autoscaler_groups(), node_type)
+
+
+def autoscaler_groups() -> list[tuple[dict[str, float], int]]:
+    """(resources of one node, most nodes) per node type the autoscaler may start
+    (`autoscaler_maximum` says where from); [] for a fixed cluster."""
     from ray._private import state  # Ray's own reader of the reported config (Ray Data's too)
 
     reported = state.state.get_cluster_config()
     if reported is not None and reported.node_group_configs:
-        groups = [(dict(g.resources), g.max_count) for g in reported.node_group_configs]
-        return _summed([(r, sys.maxsize if n == -1 else n) for r, n in groups], node_type)
-    return launcher_maximum(Path.home() / "ray_bootstrap_config.yaml", node_type)
+        return [(dict(g.resources), sys.maxsize if g.max_count == -1 else g.max_count)
+                for g in reported.node_group_configs]
+    return file_groups(Path.home() / "ray_bootstrap_config.yaml")
+
+
+def running_groups() -> list[tuple[dict[str, float], int]]:
+    """The running cluster's node types: what its autoscaler may start and every alive node."""
+    import ray
+
+    alive = [(dict(n["Resources"]), 1) for n in ray.nodes() if n.get("Alive")]
+    return autoscaler_groups() + alive
 
 
 def launcher_maximum(path: Path, node_type: str | None = None) -> dict[str, float]:
-    """`autoscaler_maximum` from a cluster file: a cluster launcher YAML (`ray up`'s, or its
-    bootstrap config on the head) or a KubeRay manifest (RayCluster, RayJob or RayService);
-    {} when there is no such file."""
+    """`autoscaler_maximum` from a cluster file (`file_groups`); {} when there is none."""
+    return _summed(file_groups(path), node_type)
+
+
+def file_groups(path: Path) -> list[tuple[dict[str, float], int]]:
+    """The node types of a cluster file: a cluster launcher YAML (`ray up`'s, or its bootstrap
+    config on the head) or a KubeRay manifest (RayCluster, RayJob or RayService); [] when there
+    is no such file."""
     import yaml
 
     if not path.is_file():
-        return {}
+        return []
     for doc in yaml.safe_load_all(path.read_text()):
         if groups := node_groups(doc or {}):
-            return _summed(groups, node_type)
-    return {}
+            return groups
+    return []
+
+
+def gpu_memory(groups: list[tuple[dict[str, float], int]]) -> dict[str, float]:
+    """Node type (its custom resource) -> GiB of each of its GPUs, for the node types whose
+    resources say it (`GPU_MEMORY`; the smallest where several groups carry one type)."""
+    out: dict[str, float] = {}
+    for resources, _ in groups:
+        if GPU_MEMORY in resources:
+            for mark in markers(resources):
+                out[mark] = min(out.get(mark, float("inf")), float(resources[GPU_MEMORY]))
+    return out
+
+
+def markers(resources: dict[str, float]) -> list[str]:
+    """The custom resources among ``resources`` that mark a node type."""
+    return sorted(k for k in resources if k not in (*BUILTIN, GPU_MEMORY)
+                  and not k.startswith(("node:", "accelerator_type:")))
 
 
 def node_groups(doc: dict[str, Any]) -> list[tuple[dict[str, float], int]]:
@@ -131,8 +171,7 @@ def require_node_type(what: str, resource: str, have: dict[str, float],
     """ValueError naming `what` (a sweep-file key) when no node, present or to come, carries
     the custom resource `resource` that marks a node type."""
     if have.get(resource, 0.0) < NODE_TYPE_SHARE:
-        marks = sorted(k for k in have if k not in ("CPU", "GPU", "memory", "object_store_memory")
-                       and not k.startswith(("node:", "accelerator_type:")))
+        marks = markers(have)
         raise ValueError(f"{what} is {resource!r}, but no node type of {where} carries "
                          f"that resource (nor can its autoscaler add one); it has "
                          f"{marks or 'no custom resources'}")

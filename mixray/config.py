@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from mixray import cluster
 from mixray.artifacts import spec_key
 from mixray.cost.config import CostConfig
 from mixray.curate.config import CurateConfig
@@ -53,7 +54,7 @@ class NodeTypes(Strict):
     @model_validator(mode="after")
     def _custom(self) -> NodeTypes:
         for role, name in self.model_dump().items():
-            if name in ("CPU", "GPU", "memory", "object_store_memory"):
+            if name in (*cluster.BUILTIN, cluster.GPU_MEMORY):
                 raise ValueError(f"{role} is {name!r}: name the custom resource of a node type "
                                  "(e.g. teacher_node), not a built-in resource")
         return self

@@ -28,11 +28,11 @@ from typing import Any
 from mixray.config import SweepConfig
 from mixray.cost import config as d
 from mixray.cost.config import Table, Throughput
+from mixray.cost.shape import SIZE_RE
 from mixray.generate.config import ModelRun
 from mixray.problems.config import DatasetSource
 from mixray.problems.datasets import read_local
 
-SIZE_RE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)([bBmM])(?![a-zA-Z])")  # 72B, 0.5B, 135m
 # Reasoning models write long CoT whatever they are asked (QwQ, DeepSeek-R1 and its distills).
 LONG_COT_RE = re.compile(r"qwq|deepseek-r1|-r1-|reason|think", re.IGNORECASE)
 Measured = dict[str, dict[str, dict[str, Any]]]  # stage -> teacher label or student -> values

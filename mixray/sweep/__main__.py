@@ -15,10 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from mixray import logs, runtime
+from mixray import cluster, logs, runtime
 from mixray.config import SweepConfig, load_sweep
 from mixray.sweep import console
-from mixray.sweep.plan import check_resources, plan
+from mixray.sweep.plan import check_resources, memory_plan, plan
 from mixray.sweep.preflight import check_inputs
 from mixray.sweep.run import prepare, run_sweep
 from mixray.sweep.summary import format_summary
@@ -57,8 +57,6 @@ def _run(cfg: SweepConfig, args: argparse.Namespace, log: Path | None) -> tuple[
 def check_cluster_file(cfg: SweepConfig, path: Path) -> None:
     """What `plan.check_resources` refuses once Ray is up, asked of the cluster file instead:
     the most its node types may start (`cluster.launcher_maximum`)."""
-    from mixray import cluster
-
     if not path.is_file():
         raise ValueError(f"--cluster {path}: no such file")
     most = cluster.launcher_maximum(path)
@@ -99,9 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_sweep(args.sweep, args.set)
         check_inputs(cfg)  # what the real run would refuse minutes later, before Ray starts
+        gpu_gib, where = {}, "no GPU memory known: --cluster FILE gives it"
         if args.cluster is not None:
             check_cluster_file(cfg, args.cluster)
+            gpu_gib = cluster.gpu_memory(cluster.file_groups(args.cluster))
+            where = str(args.cluster)
         print(plan(cfg))
+        print(memory_plan(cfg, gpu_gib, where))
     except ValueError as e:  # config.SweepFileError, or cost.calibrate_from that cannot be read
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,16 +1,22 @@
 """What a sweep will do, said and checked before it does any of it: the plan `--dry-run` prints
 (with `mixray.cost.estimate`'s preview: tokens, time, GPU-hours, and what the evaluation can
-detect), and the check that every trial and generation actor fits the cluster
-(`check_resources`)."""
+detect), the check that every trial and generation actor fits the cluster
+(`check_resources`), and the memory preview (`memory_plan`: each training rank and engine rank
+against its GPUs' memory)."""
 
 from __future__ import annotations
+
+import logging
 
 from mixray import cluster
 from mixray.config import SweepConfig
 from mixray.cost.estimate import benchmark_sizes, estimate
+from mixray.cost.fit import fit
 from mixray.cost.text import format_estimate
 from mixray.science.significance import detectable_difference, effective_problems, problems_needed
 from mixray.sweep.resources import cpus_per_trial, gpus_per_trial
+
+log = logging.getLogger(__name__)
 
 
 def _source(cfg: SweepConfig) -> str:
@@ -99,6 +105,20 @@ def check_resources(cfg: SweepConfig, capacity: dict[str, float],
         if node_type is not None:
             cluster.require_node_type(f"resources.node_types.{role}", node_type, capacity,
                                       where)
+
+
+def memory_plan(cfg: SweepConfig, gpu_gib: dict[str, float], where: str) -> str:
+    """The memory preview's lines (`mixray.cost.fit`), warnings logged; ValueError listing every
+    student or engine that cannot fit the GPUs of its node type (``gpu_gib``, from ``where``)."""
+    found = fit(cfg, gpu_gib, where)
+    for warning in found.warnings:
+        log.warning("memory: %s", warning)
+    text = "\n".join(found.lines)
+    if found.refused:
+        raise ValueError(f"{text}\nsweep {cfg.name!r}: {len(found.refused)} plan(s) cannot fit "
+                         "their GPUs (nothing was started):\n"
+                         + "\n".join(f"  - {r}" for r in found.refused))
+    return text
 
 
 def describe_search(cfg: SweepConfig) -> str:

@@ -21,7 +21,7 @@ from mixray import cluster, disk
 from mixray.config import SweepConfig
 from mixray.cost.actual import compare
 from mixray.sweep.invocation import Invocation
-from mixray.sweep.plan import check_resources
+from mixray.sweep.plan import check_resources, memory_plan
 from mixray.sweep.upstream import Upstream, run_upstream
 
 if TYPE_CHECKING:  # imported where used: Ray, MLflow and the stages load slowly
@@ -39,6 +39,10 @@ def prepare(cfg: SweepConfig, timings: dict[str, float]) -> tuple[SweepConfig, U
     and `run_upstream`'s results. Raises GenerationFailed when a teacher fails too often."""
     cfg = cfg.model_copy(update={"run_root": str(cfg.run_root_path)})
     check_resources(cfg, cluster.capacity())
+    # the GPU memory its node types declare (clusters/*.yaml: gpu_memory_gib), as --dry-run
+    # --cluster read it from the file
+    log.info("%s", memory_plan(cfg, cluster.gpu_memory(cluster.running_groups()),
+                               "the running cluster"))
     return cfg, run_upstream(cfg, timings)
 
 

@@ -20,14 +20,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from mixray.train.config import LOSS_CHUNK
 from mixray.train.data import IGNORE
-
-# Loss positions per head + cross-entropy chunk. The fp32 logits of one chunk are the loss's peak:
-# at Qwen2.5's vocabulary (152k) 1024 positions are 0.62 GB (a softmax gradient as much again in
-# backward), against 5.0 GB for the 8,192 positions of one long-CoT sequence; at SmolLM2's 49k,
-# 0.2 GB. Smaller chunks save little more (the hidden states, 8k x 5k x 2 bytes = 84 MB at 32B,
-# are held anyway) and make more, smaller matmuls.
-LOSS_CHUNK = 1024
 
 
 def forward_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

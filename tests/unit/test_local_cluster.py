@@ -48,7 +48,7 @@ def cluster(tmp_dir: str = "/tmp/mixray-t") -> Any:
 
 
 def custom_resources(cfg: dict[str, Any]) -> set[frozenset[str]]:
-    return {frozenset(set(t["resources"]) - STANDARD)
+    return {frozenset(set(t["resources"]) - STANDARD - {"gpu_memory_gib"})  # the memory preview's
             for k, t in cfg["available_node_types"].items() if k != cfg["head_node_type"]}
 
 

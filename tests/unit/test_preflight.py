@@ -67,9 +67,12 @@ PAPER_MIX = str(REPO / "sweeps" / "paper-mix.yaml")
 
 
 @pytest.mark.parametrize("cluster_file", ["aws.yaml", "gcp.yaml", "kuberay.yaml"])
-def test_the_paper_recipe_fits_each_cloud_cluster_file(cluster_file: str, tmp_path: Path,
-                                                       capsys) -> None:
-    code = main([PAPER_MIX, f"--set=run_root={tmp_path}", "--dry-run",
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "sweeps").glob("paper-*.yaml")))
+def test_the_paper_recipes_fit_each_cloud_cluster_file(recipe: str, cluster_file: str,
+                                                       tmp_path: Path, capsys) -> None:
+    """Node types, capacity and GPU memory (the memory preview) of every paper recipe against
+    every cloud cluster file."""
+    code = main([str(REPO / "sweeps" / recipe), f"--set=run_root={tmp_path}", "--dry-run",
                  f"--cluster={REPO / 'clusters' / cluster_file}"])
     assert code == 0, capsys.readouterr().err
 
