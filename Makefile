@@ -14,7 +14,7 @@ ARGS   ?=
 PYTEST ?= -x
 RUNS   ?= runs
 
-.PHONY: setup browser vllm sweep test test-unit ui clean cluster-up cluster-down cluster-status \
+.PHONY: setup browser vllm sweep test test-unit rehearsal-reverts ui clean cluster-up cluster-down cluster-status \
 	gpu-wheels gpu-check gpu-check-loop gpu-check-cluster prometheus dashboards dashboards-down
 
 # GPU hosts: where `nvidia-smi -L` succeeds (or with GPU=1), `make setup` installs a CUDA torch and
@@ -131,6 +131,11 @@ endif
 
 test-unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST)
+
+# Issue 26's revert check, outside CI's budget: on a rehearsal cluster of its own, the old
+# driver-side vLLM check and Ray Train's old 60-s worker-group start fail as a cloud user saw.
+rehearsal-reverts: setup vllm
+	MIXRAY_REVERT_CHECKS=1 $(PY) -m pytest -v -s $(CLUSTER_TESTS) -k old_settings $(PYTEST)
 
 # A lean MLflow server (1 worker, ~0.5 GB; `mlflow ui` is 15 processes) on loopback only.
 ui: setup

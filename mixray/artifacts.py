@@ -15,10 +15,13 @@ Local paths only for now; URIs (s3://, gs://) on clusters are a later step (DESI
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +61,21 @@ class StageDir:
         tmp = self.path.parent / f".tmp-{self.key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         return tmp
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """This key to oneself while the block runs: an exclusive lock (flock, which NFSv4 and
+        EFS honour) on a file beside the output. Two processes making the same output at once
+        (two trials whose judges are asked the same questions) take turns, and the second finds
+        it committed; without it both wrote into one `partial` dir and one lost its part files
+        (seen: a rehearsal trial failed with FileNotFoundError and Tune ran it again)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.parent / f".lock-{self.key}", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def partial(self) -> Path:
         """A stable work dir for this key, for stages that resume: a killed run's finished

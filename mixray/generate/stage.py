@@ -351,18 +351,19 @@ def generate_cached(job: GenerationJob, spec: dict[str, Any], inputs_path: Path,
     it lie beside the data (``stats.json``). Raises GenerationFailed, leaving the work
     uncommitted, when more rows failed than ``job.max_error_rate`` allows."""
     stage = StageDir(root, "generate", spec)
-    if stage.is_committed():
-        stats = json.loads((stage.path / "stats.json").read_text())
-        if failed_rows == "kept" or not stats["errors"]:
-            log.info("generate[%s]: reusing %s", job.label, stage.path)
-            return stage, None
-        log.info("generate[%s]: retrying the %d failed rows of %s", job.label, stats["errors"],
-                 stage.path)
-        stage.reopen()
-    work = stage.partial()
-    stats = run_generation(job, inputs_path, work / "data")
-    (work / "stats.json").write_text(json.dumps(stats, indent=2))
-    stage.commit(work)
+    with stage.locked():  # two trials' judges asked the same questions: one generates
+        if stage.is_committed():
+            stats = json.loads((stage.path / "stats.json").read_text())
+            if failed_rows == "kept" or not stats["errors"]:
+                log.info("generate[%s]: reusing %s", job.label, stage.path)
+                return stage, None
+            log.info("generate[%s]: retrying the %d failed rows of %s", job.label,
+                     stats["errors"], stage.path)
+            stage.reopen()
+        work = stage.partial()
+        stats = run_generation(job, inputs_path, work / "data")
+        (work / "stats.json").write_text(json.dumps(stats, indent=2))
+        stage.commit(work)
     return stage, stats
 
 

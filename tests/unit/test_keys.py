@@ -69,6 +69,37 @@ def test_commit_is_atomic_and_replaces_leftovers(tmp_path: Path) -> None:
     assert not tmp.exists()
 
 
+def test_two_makers_of_one_output_take_turns_and_the_second_reuses_it(tmp_path: Path) -> None:
+    """Two processes (here threads, each with its own lock file handle, as two trials have)
+    making the same keyed output: the second waits for the first's commit and reuses it, where
+    without the lock both wrote parts into one partial dir (a rehearsal trial lost its part)."""
+    import threading
+    import time
+
+    made: list[str] = []
+
+    def make(name: str) -> None:
+        stage = StageDir(tmp_path, "demo", {"v": 1})
+        with stage.locked():
+            if stage.is_committed():
+                return
+            work = stage.partial()
+            (work / f"part-{name}").write_text(name)
+            time.sleep(0.3)  # the other maker arrives meanwhile
+            assert {p.name for p in work.iterdir()} == {f"part-{name}"}
+            stage.commit(work)
+            made.append(name)
+
+    threads = [threading.Thread(target=make, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 1
+    stage = StageDir(tmp_path, "demo", {"v": 1})
+    assert [p.name for p in stage.path.glob("part-*")] == [f"part-{made[0]}"]
+
+
 def _eval_key(model: Path, cfg: EvaluateConfig | None = None, system: str | None = None,
               problem: str = "1 + 1?", label: str = "eval") -> str:
     rows = [{"problem_id": "b/0", "problem": problem, "answer": "2"}]
