@@ -73,9 +73,10 @@ def from_config(config: dict, source: str) -> Shape:
 
 
 def _published(layers: int, hidden: int, intermediate: int, heads: int, kv_heads: int,
-               vocab: int, tied: bool, qkv_bias: bool = False) -> Shape:
-    return Shape(layers, hidden, intermediate, heads, kv_heads, hidden // heads, vocab, tied,
-                 qkv_bias)
+               vocab: int, tied: bool, qkv_bias: bool = False, head_dim: int | None = None
+               ) -> Shape:
+    return Shape(layers, hidden, intermediate, heads, kv_heads, head_dim or hidden // heads,
+                 vocab, tied, qkv_bias)
 
 
 # Each model's published config.json (the hub's, as of 2025), for the models the recipes name:
@@ -94,6 +95,13 @@ KNOWN: dict[str, Shape] = {
     "Llama-3.1-8B": _published(32, 4096, 14336, 32, 8, 128256, False),
     "Llama-3.3-70B": _published(80, 8192, 28672, 64, 8, 128256, False),
     "SmolLM2-135M": _published(30, 576, 1536, 9, 3, 49152, True),
+    # Qwen3: head_dim 128 whatever the width (its q/k norms, 2 x 128 per layer, left out)
+    "Qwen3-0.6B": _published(28, 1024, 3072, 16, 8, 151936, True, head_dim=128),
+    "Qwen3-1.7B": _published(28, 2048, 6144, 16, 8, 151936, True, head_dim=128),
+    "Qwen3-4B": _published(36, 2560, 9728, 32, 8, 151936, True, head_dim=128),
+    "Qwen3-8B": _published(36, 4096, 12288, 32, 8, 151936, False, head_dim=128),
+    "Qwen3-14B": _published(40, 5120, 17408, 40, 8, 151936, False, head_dim=128),
+    "Qwen3-32B": _published(64, 5120, 25600, 64, 8, 151936, False, head_dim=128),
     # mixray.models._build_tiny's config (head_dim 32 for vLLM's CPU attention)
     "tiny-random": Shape(2, 64, 128, 4, 2, 32, 1024, True),
 }

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from mixray import metrics
 from mixray.artifacts import StageDir
 from mixray.curate.config import CurateConfig
+from mixray.generate import reasoning
 from mixray.grading.grade import score_completion
 from mixray.grading.rates import sample_rates
 from mixray.grading.verify import VERIFIER_VERSION
@@ -42,10 +43,14 @@ def score(table: pa.Table) -> pa.Table:
     missing = [c for c in NEEDED if c not in table.column_names]
     if missing:
         raise ValueError(f"generation output lacks columns {missing}; has {table.column_names}")
-    completions = table["completion"].to_pylist()
+    # the answer part only, with unclosed reasoning counted as truncated (generate.reasoning)
+    answers = [reasoning.graded(row) for row in table.select(
+        [c for c in (*NEEDED, "response") if c in table.column_names]).to_pylist()]
+    table = table.set_column(table.schema.get_field_index("finish_reason"), "finish_reason",
+                             pa.array([r for _, r in answers], pa.string()))
     golds = table["answer"].to_pylist()
-    graded = [score_completion(c or "", g, "lenient")
-              for c, g in zip(completions, golds, strict=True)]
+    graded = [score_completion(a, g, "lenient")
+              for (a, _), g in zip(answers, golds, strict=True)]
     return (table.append_column("extracted", pa.array([e for e, _, _ in graded], pa.string()))
             .append_column("correct", pa.array([ok for _, ok, _ in graded], pa.bool_()))
             .append_column("verified_by", pa.array([by for _, _, by in graded], pa.string())))

@@ -50,6 +50,7 @@ from mixray.evaluate.benchmarks import (
 from mixray.evaluate.config import EvaluateConfig
 from mixray.evaluate.judge import judge_prompt, parse_verdict
 from mixray.evaluate.scoring import average_metrics, benchmark_metrics, metric_name
+from mixray.generate import reasoning
 from mixray.generate.config import ModelRun
 from mixray.generate.job import Placement, model_job
 from mixray.generate.stage import generate_cached, run_spec
@@ -255,16 +256,16 @@ def _generate(label: str, run: ModelRun, model_dir: Path | None, system: str | N
 def _scored(row: dict[str, Any], sample_idx: int, generated: dict[str, Any],
             answer_format: AnswerFormat) -> dict[str, Any]:
     completion = generated["completion"] or ""
-    if generated["finish_reason"] == "error":
+    answer, finish = reasoning.graded(generated)  # the answer part; unclosed reasoning: length
+    if finish == "error":
         extracted, verified, verified_by = None, False, None
     else:
-        extracted, verified, verified_by = score_completion(completion, row["answer"],
-                                                            answer_format)
+        extracted, verified, verified_by = score_completion(answer, row["answer"], answer_format)
     return row | {"sample_idx": sample_idx, "gen_id": f"{row['gen_pid']}/{sample_idx}",
                   "completion": completion, "extracted": extracted, "verified": verified,
                   "verified_by": verified_by,
                   "judge": None, "correct": verified, "n_tokens": generated["n_tokens"],
-                  "finish_reason": generated["finish_reason"], "error": generated["error"]}
+                  "finish_reason": finish, "error": generated["error"]}
 
 
 def judge_candidates(samples: Sequence[dict[str, Any]], formats: dict[str, AnswerFormat]
@@ -299,7 +300,7 @@ def _judge(samples: list[dict[str, Any]], formats: dict[str, AnswerFormat], cfg:
             for s in candidates]
     stage, _ = _generate("judge", judge, judge_model_dir, judge.system_prompt, rows,
                          out_dir / "judge_inputs.parquet", root, placement)
-    verdicts = {r["problem_id"]: parse_verdict(r["completion"]) if r["error"] is None
+    verdicts = {r["problem_id"]: parse_verdict(reasoning.graded(r)[0]) if r["error"] is None
                 else "undecided" for r in pq.read_table(stage.path / "data").to_pylist()}
     apply_verdicts(candidates, verdicts)
 

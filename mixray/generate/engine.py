@@ -25,6 +25,10 @@ class Completion:
     n_tokens: int
     finish_reason: Literal["stop", "length", "error"]
     error: str | None = None  # why, when finish_reason is "error"
+    # what a server sent in a field of its own (an http engine: reasoning_content), and its
+    # token count where the server said it; else the stage splits `text` (generate.reasoning)
+    reasoning: str | None = None
+    reasoning_tokens: int | None = None
 
 
 class Engine(Protocol):
@@ -37,6 +41,11 @@ class Engine(Protocol):
     def close(self) -> None:
         """Release the model and whatever the engine started (its GPU memory, processes,
         connections) now: the next engine on the same GPUs starts right after."""
+        ...
+
+    def count_tokens(self, text: str) -> int | None:
+        """Tokens of ``text`` in the model's tokenizer (a row's reasoning); None where the
+        engine has none (http)."""
         ...
 
 

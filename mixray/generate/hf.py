@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -16,15 +16,19 @@ DType = Literal["float32", "bfloat16", "float16"]
 
 
 class HFEngine:
-    def __init__(self, model, tokenizer) -> None:
+    def __init__(self, model, tokenizer, chat_template_kwargs: dict[str, Any] | None = None
+                 ) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.chat_template_kwargs = chat_template_kwargs or {}
 
     @classmethod
     def load(cls, model_path: Path | str, torch_threads: int = 1, *, device: str = "cpu",
-             dtype: DType = "float32") -> HFEngine:
+             dtype: DType = "float32", chat_template_kwargs: dict[str, Any] | None = None
+             ) -> HFEngine:
         """``device``: "cpu" or "cuda" (the GPU Ray gave this process). fp32 is the CPU default:
-        bf16 matmuls on CPUs without AMX are several times slower."""
+        bf16 matmuls on CPUs without AMX are several times slower. ``chat_template_kwargs``:
+        arguments of the model's chat template (e.g. enable_thinking)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if device == "cuda" and not torch.cuda.is_available():
@@ -35,7 +39,7 @@ class HFEngine:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
-        return cls(model.to(device).eval(), tokenizer)
+        return cls(model.to(device).eval(), tokenizer, chat_template_kwargs)
 
     def close(self) -> None:
         """Drop the model (and, on a GPU, the cached blocks it leaves behind)."""
@@ -44,11 +48,15 @@ class HFEngine:
         if on_gpu:
             torch.cuda.empty_cache()
 
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     @torch.inference_mode()
     def generate(self, prompts: list[Messages], sampling: SamplingConfig,
                  seeds: Sequence[int] | None = None) -> list[Completion]:
         texts = [
-            self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+            self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True,
+                                               **self.chat_template_kwargs)
             for p in prompts
         ]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)

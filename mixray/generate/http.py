@@ -81,9 +81,11 @@ def _retry_after(headers: Any) -> float | None:
 
 class HTTPEngine:
     def __init__(self, cfg: HTTPEngineConfig, *, api_key: str | None,
-                 max_requests_per_s: float | None, concurrency: int) -> None:
+                 max_requests_per_s: float | None, concurrency: int,
+                 chat_template_kwargs: dict[str, Any] | None = None) -> None:
         assert concurrency >= 1, concurrency
         self.cfg = cfg
+        self.chat_template_kwargs = chat_template_kwargs or {}
         self.url = f"{cfg.base_url}/chat/completions"
         self.headers = {"Content-Type": "application/json"}
         if api_key:
@@ -93,8 +95,8 @@ class HTTPEngine:
         self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
-    def from_config(cls, cfg: HTTPEngineConfig, *, replicas: int = 1,
-                    concurrency: int = 8) -> HTTPEngine:
+    def from_config(cls, cfg: HTTPEngineConfig, *, replicas: int = 1, concurrency: int = 8,
+                    chat_template_kwargs: dict[str, Any] | None = None) -> HTTPEngine:
         """The engine of one of ``replicas`` actors: the rate limit is split evenly among them;
         the API key is read from the environment variable ``cfg.api_key_env``."""
         api_key = None
@@ -104,7 +106,8 @@ class HTTPEngine:
                 raise ValueError(f"the http teacher's API key variable {cfg.api_key_env} is not "
                                  "set (or empty) where the generation actors run")
         rate = None if cfg.max_requests_per_s is None else cfg.max_requests_per_s / replicas
-        return cls(cfg, api_key=api_key, max_requests_per_s=rate, concurrency=concurrency)
+        return cls(cfg, api_key=api_key, max_requests_per_s=rate, concurrency=concurrency,
+                   chat_template_kwargs=chat_template_kwargs)
 
     def generate(self, prompts: list[Messages], sampling: SamplingConfig,
                  seeds: Sequence[int] | None = None) -> list[Completion]:
@@ -118,10 +121,18 @@ class HTTPEngine:
         return list(self._pool.map(lambda p, s: self.complete(p, sampling, s), prompts, seeds))
 
     def request_body(self, messages: Messages, sampling: SamplingConfig, seed: int) -> dict:
+        """The request: sampling as OpenAI's API names it, the chat template's arguments as
+        vLLM's and SGLang's servers take them, then `engine.extra_body` (which wins)."""
         greedy = sampling.temperature == 0.0
-        return {"model": self.cfg.model, "messages": messages,
+        body = {"model": self.cfg.model, "messages": messages,
                 "max_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
                 "top_p": 1.0 if greedy else sampling.top_p, "seed": seed, "n": 1}
+        if self.chat_template_kwargs:
+            body["chat_template_kwargs"] = self.chat_template_kwargs
+        return body | self.cfg.extra_body
+
+    def count_tokens(self, text: str) -> None:
+        return None  # no tokenizer here: a server's reasoning_tokens, where it sends them
 
     def complete(self, messages: Messages, sampling: SamplingConfig, seed: int) -> Completion:
         """One row: the completion, or an error completion with the reason (never raises)."""
@@ -174,16 +185,24 @@ def parse_response(data: Any) -> Completion:
     """An OpenAI chat-completions response -> a Completion; _Fatal when it is not one."""
     try:
         choice = data["choices"][0]
-        text = choice["message"].get("content") or ""
+        message = choice["message"]
+        text = message.get("content") or ""
+        # vLLM's and DeepSeek's reasoning parsers: reasoning_content; newer vLLM: reasoning
+        reasoning = message.get("reasoning_content", message.get("reasoning"))
         finish = choice.get("finish_reason")
-        tokens = (data.get("usage") or {}).get("completion_tokens")
+        usage = data.get("usage") or {}
+        tokens = usage.get("completion_tokens")
+        reasoning_tokens = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
     except (KeyError, IndexError, TypeError, AttributeError) as e:
         raise _Fatal(f"malformed chat-completions response ({type(e).__name__}: {e})") from None
     if not isinstance(tokens, int) or tokens < 0:
         # Mixes count tokens (mix.unit: tokens) and curation reports lengths: no guessing.
         raise _Fatal("response has no usage.completion_tokens")
     return Completion(text=text, n_tokens=tokens,
-                      finish_reason="length" if finish == "length" else "stop")
+                      finish_reason="length" if finish == "length" else "stop",
+                      reasoning=reasoning if isinstance(reasoning, str) else None,
+                      reasoning_tokens=reasoning_tokens if isinstance(reasoning_tokens, int)
+                      else None)
 
 
 def _error(reason: str) -> Completion:

@@ -18,6 +18,7 @@ from mixray.generate.config import (
     EngineConfig,
     HFEngineConfig,
     ModelRun,
+    ReasoningConfig,
     SamplingConfig,
 )
 from mixray.generate.engine import Engine
@@ -53,6 +54,8 @@ class GenerationJob:
     engine: EngineConfig = field(default_factory=HFEngineConfig)
     gpus_per_replica: float = 0.0
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE  # decides whether the output is kept
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)
 
 
 def model_job(run: ModelRun, label: str, model_path: Path | None, prompt: str,
@@ -67,7 +70,8 @@ def model_job(run: ModelRun, label: str, model_path: Path | None, prompt: str,
         label=label, model_path=None if model_path is None else str(model_path), prompt=prompt,
         system=system, sampling=run.sampling, batch_size=run.batch_size, replicas=run.replicas,
         placement=placement, engine=run.engine, gpus_per_replica=run.gpus,
-        max_error_rate=run.max_error_rate)
+        max_error_rate=run.max_error_rate, chat_template_kwargs=run.chat_template_kwargs,
+        reasoning=run.reasoning)
 
 
 def messages(system: str | None, prompt: str, problem: str) -> list[dict[str, str]]:
@@ -84,7 +88,8 @@ def load_engine(job: GenerationJob) -> Engine:
         from mixray.generate.http import HTTPEngine
 
         return HTTPEngine.from_config(job.engine, replicas=job.replicas,
-                                      concurrency=job.batch_size)
+                                      concurrency=job.batch_size,
+                                      chat_template_kwargs=job.chat_template_kwargs)
     assert job.model_path is not None, f"engine {kind} needs a model folder"
     if kind == "vllm":
         from mixray.generate.vllm import VLLMEngine
@@ -98,12 +103,14 @@ def load_engine(job: GenerationJob) -> Engine:
                                seed=job.sampling.seed,
                                # the actor holds the tensor-parallel GPUs itself (see load)
                                distributed_executor_backend="mp"
-                               if e.tensor_parallel_size > 1 else None)
+                               if e.tensor_parallel_size > 1 else None,
+                               chat_template_kwargs=job.chat_template_kwargs)
     assert kind == "hf", kind
     from mixray.generate.hf import HFEngine
 
     return HFEngine.load(job.model_path, job.placement.torch_threads, dtype=job.engine.dtype,
-                         device="cuda" if job.gpus_per_replica > 0 else "cpu")
+                         device="cuda" if job.gpus_per_replica > 0 else "cpu",
+                         chat_template_kwargs=job.chat_template_kwargs)
 
 
 def preflight(job: GenerationJob) -> None:

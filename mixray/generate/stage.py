@@ -2,10 +2,13 @@
 
 Each problem is answered ``sampling.n`` times: one output row per (problem, sample). Output
 columns: problem_id, problem, answer (gold, carried for curation), teacher, sample_idx (0..n-1),
-prompt (the user turn), completion, n_tokens, finish_reason ("stop" | "length" | "error") and
-error (the engine's message for a row it could not generate, else null). (problem_id,
-sample_idx) is unique. Failed rows are counted, bounded (``max_error_rate``: above it the stage
-fails and is not committed) and retried by the next run; they are never cached as success.
+prompt (the user turn), completion, n_tokens, finish_reason ("stop" | "length" | "error"),
+error (the engine's message for a row it could not generate, else null), and the completion in
+its two parts (`mixray.generate.reasoning`): reasoning (null when the model does not think),
+response (the answer, what is graded; null when the reasoning never closed) and
+reasoning_tokens (null where unknown). (problem_id, sample_idx) is unique. Failed rows are
+counted, bounded (``max_error_rate``: above it the stage fails and is not committed) and
+retried by the next run; they are never cached as success.
 
 The engine is the model run's choice (`ModelRun.engine`: a teacher's, an evaluation's, the
 judge's): hf (transformers), vllm (`vllm.LLM`, imported only when chosen) or http (an
@@ -39,6 +42,7 @@ import ray
 
 from mixray import cluster, metrics
 from mixray.artifacts import StageDir
+from mixray.generate import reasoning
 from mixray.generate.config import STYLE_SYSTEM, ModelRun, TeacherConfig  # noqa: F401 (re-export)
 from mixray.generate.engine import Completion, Messages, row_seed
 from mixray.generate.handover import await_engines_exit
@@ -53,11 +57,15 @@ from mixray.generate.job import (
 
 log = logging.getLogger(__name__)
 
+# Columns that may be all null in a part, and their types.
+NULLABLE_COLUMNS = {"error": pa.string(), "reasoning": pa.string(), "response": pa.string(),
+                    "reasoning_tokens": pa.int64()}
 # Which engine actor answered a batch: run_generation collects them and drops the column.
 ENGINE_COLUMN = "_engine_actor"
 
 # Bump one when that engine's output for the same inputs changes.
-ENGINE_VERSIONS = {"hf": "hf-1", "vllm": "vllm-1", "http": "http-1"}
+# 2: rows carry reasoning, response and reasoning_tokens beside the completion (issue 28).
+ENGINE_VERSIONS = {"hf": "hf-2", "vllm": "vllm-2", "http": "http-2"}
 # How sampled rows are seeded (`row_seed`, and for HF one generator per batch seeded from its
 # rows); it enters the key of sampled generations only: greedy output does not depend on it.
 SEEDING = "row-1"
@@ -105,6 +113,7 @@ class _EngineActor:
             "finish_reason": np.array([o.finish_reason for o in outs]),
             "error": np.array([(o.error or "engine error") if o.finish_reason == "error" else None
                                for o in outs], dtype=object),
+            **reasoning.columns(outs, self.job.reasoning, self.engine.count_tokens),
             ENGINE_COLUMN: np.array([self.actor_id] * n),  # dropped before the part is written
         }
 
@@ -237,9 +246,9 @@ def run_generation(job: GenerationJob, problems_path: Path, out_dir: Path) -> di
     for i, part in enumerate(_stream(job, todo)):
         engines.update(part[ENGINE_COLUMN].to_pylist())
         part = part.drop_columns([ENGINE_COLUMN])
-        # All-null error columns come back typed null; every part must share one schema.
-        part = part.set_column(part.schema.get_field_index("error"), "error",
-                               part["error"].cast(pa.string()))
+        # All-null columns come back typed null; every part must share one schema.
+        for name, typ in NULLABLE_COLUMNS.items():
+            part = part.set_column(part.schema.get_field_index(name), name, part[name].cast(typ))
         tmp = out_dir / f".part-{run}-{i:05d}.tmp"
         pq.write_table(part, tmp)
         os.replace(tmp, out_dir / f"part-{run}-{i:05d}.parquet")
@@ -322,6 +331,11 @@ def run_spec(label: str, run: ModelRun, model: Any, prompt: str, system: str | N
     }
     if run.sampling.temperature > 0:
         spec["seeding"] = SEEDING
+    # only where set, so that the keys of models run without them stay what they were
+    if run.chat_template_kwargs:
+        spec["chat_template_kwargs"] = run.chat_template_kwargs
+    if run.reasoning.split != "none":
+        spec["reasoning"] = run.reasoning.model_dump()
     return spec
 
 

@@ -98,8 +98,9 @@ def _gpu_processes() -> str:
 
 
 class VLLMEngine:
-    def __init__(self, llm: Any) -> None:
+    def __init__(self, llm: Any, chat_template_kwargs: dict[str, Any] | None = None) -> None:
         self.llm = llm
+        self.chat_template_kwargs = chat_template_kwargs or {}
 
     @classmethod
     def load(
@@ -114,6 +115,7 @@ class VLLMEngine:
         enable_prefix_caching: bool = False,
         seed: int = 0,
         distributed_executor_backend: str | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> VLLMEngine:
         """``distributed_executor_backend``: vLLM's own choice when None. Inside a Ray actor
         that already holds the tensor-parallel GPUs pass "mp": vLLM's default there is "ray",
@@ -145,7 +147,7 @@ class VLLMEngine:
             **({"distributed_executor_backend": distributed_executor_backend}
                if distributed_executor_backend else {}),
         )
-        return cls(llm)
+        return cls(llm, chat_template_kwargs)
 
     def generate(self, prompts: list[Messages], sampling: SamplingConfig,
                  seeds: Sequence[int] | None = None) -> list[Completion]:
@@ -170,7 +172,8 @@ class VLLMEngine:
             )
             for seed in seeds
         ]
-        outputs = self.llm.chat(prompts, params, use_tqdm=False, add_generation_prompt=True)
+        outputs = self.llm.chat(prompts, params, use_tqdm=False, add_generation_prompt=True,
+                                chat_template_kwargs=self.chat_template_kwargs or None)
         results = []
         for request in outputs:
             out = request.outputs[0]
@@ -182,6 +185,9 @@ class VLLMEngine:
                 )
             )
         return results
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.llm.get_tokenizer().encode(text, add_special_tokens=False))
 
     def close(self) -> None:
         """Stop vLLM's engine-core process now rather than at garbage collection."""

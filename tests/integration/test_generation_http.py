@@ -74,11 +74,18 @@ def serve(model_dir: str, fail_always: str, fail_once: str) -> None:
                 sampling = SamplingConfig(max_new_tokens=req["max_tokens"],
                                           temperature=req["temperature"], top_p=req["top_p"])
                 [out] = engine.generate([req["messages"]], sampling, [req["seed"]])
+            message = {"role": "assistant", "content": out.text}
+            usage: dict = {"completion_tokens": out.n_tokens}
+            # as a vLLM server with a reasoning parser answers a thinking model (Qwen3 with
+            # enable_thinking): its reasoning in a field of its own, counted apart
+            if (req.get("chat_template_kwargs") or {}).get("enable_thinking"):
+                message["reasoning_content"] = f"Let me think. {turn}"
+                usage = {"completion_tokens": out.n_tokens + 7,
+                         "completion_tokens_details": {"reasoning_tokens": 7}}
             self._reply(200, {
                 "id": "cmpl", "object": "chat.completion", "model": req["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
-                             "finish_reason": out.finish_reason}],
-                "usage": {"completion_tokens": out.n_tokens}})
+                "choices": [{"index": 0, "message": message, "finish_reason": out.finish_reason}],
+                "usage": usage})
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     print(f"PORT {httpd.server_address[1]}", flush=True)
@@ -156,6 +163,40 @@ def test_http_teacher_matches_hf_schema_and_counts_errors(served, tmp_path: Path
     assert ok.num_rows == 18 and flaky["problem_id"] in ok["problem_id"].to_pylist()
     assert all(0 <= n <= SAMPLING["max_new_tokens"] for n in ok["n_tokens"].to_pylist())
     assert http_stats["tokens"] == sum(ok["n_tokens"].to_pylist()) > 0
+
+
+def test_a_thinking_servers_reasoning_is_kept_apart_from_its_answer(served, tmp_path: Path
+                                                                   ) -> None:
+    """Issue 28: through a server that sends a thinking model's reasoning in reasoning_content
+    (asked for with the chat template's enable_thinking, as a vLLM server of Qwen3), every row
+    holds the reasoning and the answer apart, with the server's reasoning token count, and only
+    the answer is graded; the thinking run is a generation of its own (its key)."""
+    from mixray.curate.stage import score
+    from mixray.generate.config import TeacherConfig
+    from mixray.generate.stage import generate_teacher
+
+    base_url, problems, broken, _, _ = served
+    engine = {"kind": "http", "base_url": base_url, "model": "tiny-random", "max_retries": 2,
+              "backoff_s": 0.05, "timeout_s": 30}
+    thinking = TeacherConfig(style="short", sampling=SAMPLING, batch_size=4, engine=engine,
+                             chat_template_kwargs={"enable_thinking": True}, max_error_rate=0.1)
+    stage, _ = generate_teacher("think", thinking, None, problems, tmp_path)
+    plain, _ = generate_teacher("think", thinking.model_copy(update={"chat_template_kwargs": {}}),
+                                None, problems, tmp_path)
+    assert stage.key != plain.key
+    rows = [r for r in pq.read_table(stage.path / "data").to_pylist() if r["error"] is None]
+    assert len(rows) == 2 * 9   # the broken problem's two rows failed
+    for r in rows:
+        assert r["reasoning"] == f"Let me think. {r['prompt']}" and r["reasoning_tokens"] == 7
+        assert r["response"] == r["completion"] and r["n_tokens"] >= 7
+    scored = score(pq.read_table(stage.path / "data")).to_pylist()
+    # the reasoning holds the problem's numbers; the graded answer is the response alone
+    from mixray.grading.grade import score_completion
+
+    for r in scored:
+        if r["error"] is None:
+            assert r["extracted"] == score_completion(r["response"], r["answer"], "lenient")[0]
+    assert not any(r["reasoning"] for r in pq.read_table(plain.path / "data").to_pylist())
 
 
 def test_a_served_model_is_evaluated_like_a_local_one(served, tmp_path: Path) -> None:

@@ -82,6 +82,10 @@ def test_content_enters_the_key() -> None:
         "sampled": _key(sampling={"temperature": 0.7}),
         "n": _key(sampling={"temperature": 0.7, "n": 4}),
         "seed": _key(sampling={"temperature": 0.7, "n": 4, "seed": 1}),
+        "chat template arguments": _key(chat_template_kwargs={"enable_thinking": False}),
+        "reasoning split": _key(reasoning={"split": "markers"}),
+        "reasoning markers": _key(reasoning={"split": "markers", "close_marker": "</reason>"}),
+        "http extra body": _key(engine=HTTP | {"extra_body": {"reasoning_effort": "low"}}),
     }
     assert len(set(keys.values())) == len(keys), keys  # every change gives its own key
 
@@ -91,7 +95,7 @@ def test_generation_spec_names_every_content_field() -> None:
     teacher = TeacherConfig(model="tiny-random", style="long")
     spec = generation_spec("long", teacher, PROBLEMS.key)
     assert spec == {
-        "engine": "hf-1", "problems": PROBLEMS.key, "label": "long", "model": "tiny-random",
+        "engine": "hf-2", "problems": PROBLEMS.key, "label": "long", "model": "tiny-random",
         "prompt": teacher.prompt, "system": STYLE_SYSTEM["long"],
         "sampling": {"max_new_tokens": 256, "temperature": 0.0, "top_p": 1.0, "seed": 0, "n": 1},
         "engine_settings": {"dtype": "float32"},
