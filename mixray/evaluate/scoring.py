@@ -70,12 +70,42 @@ def _group_by_problem(rows: Iterable[Mapping[str, Any]]) -> dict[Any, list[Mappi
 
 
 def _sample_rates(samples: list[Mapping[str, Any]]) -> dict[str, float]:
-    """Mean response length and `grading.rates.sample_rates`, in the order metrics list them."""
+    """Mean response length and `grading.rates.sample_rates`, in the order metrics list them;
+    for a thinking model, its reasoning and answer lengths too (`reasoning_lengths`)."""
     # a failed generation is an error, not a completion without an answer
     rates = sample_rates([s["extracted"] for s in samples],
                          [s["finish_reason"] for s in samples])
     tokens = math.fsum(s["n_tokens"] for s in samples) / len(samples)
-    return {"response_tokens_mean": tokens} | {key: rates[key] for key in RATE_ORDER}
+    return ({"response_tokens_mean": tokens} | {key: rates[key] for key in RATE_ORDER}
+            | reasoning_lengths(samples))
+
+
+def reasoning_lengths(samples: list[Mapping[str, Any]]) -> dict[str, float]:
+    """Where samples counted reasoning tokens (a thinking model): reasoning and answer tokens per
+    sample (mean, median, p95) and the share whose reasoning never closed within the length
+    limit (``reasoning_cut_rate``): the learnability gap is about length, so it is measured.
+    {} for a model without reasoning; failed samples are left out."""
+    counted = [s for s in samples if s.get("reasoning_tokens") is not None
+               and s["finish_reason"] != "error"]
+    if not counted:
+        return {}
+    out: dict[str, float] = {}
+    for name, values in (("reasoning", [s["reasoning_tokens"] for s in counted]),
+                         ("answer", [s["n_tokens"] - s["reasoning_tokens"] for s in counted])):
+        ranked = sorted(values)
+        out |= {f"{name}_tokens_mean": math.fsum(ranked) / len(ranked),
+                f"{name}_tokens_median": _quantile(ranked, 0.5),
+                f"{name}_tokens_p95": _quantile(ranked, 0.95)}
+    out["reasoning_cut_rate"] = sum(bool(s.get("reasoning_cut")) for s in counted) / len(counted)
+    return out
+
+
+def _quantile(ranked: Sequence[float], q: float) -> float:
+    """The q-quantile of sorted values, linearly interpolated (numpy's default)."""
+    position = q * (len(ranked) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ranked) - 1)
+    return ranked[low] + (ranked[high] - ranked[low]) * (position - low)
 
 
 def benchmark_metrics(

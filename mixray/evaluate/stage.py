@@ -67,6 +67,9 @@ SAMPLE_SCHEMA = pa.schema([
     ("completion", pa.string()), ("extracted", pa.string()), ("verified", pa.bool_()),
     ("judge", pa.string()), ("correct", pa.bool_()), ("n_tokens", pa.int64()),
     ("finish_reason", pa.string()), ("error", pa.string()), ("gen_id", pa.string()),
+    # a thinking model's lengths (generate.reasoning): null reasoning tokens where it does not
+    # think or its engine cannot count them; reasoning_cut: it never closed its reasoning
+    ("reasoning_tokens", pa.int64()), ("reasoning_cut", pa.bool_()),
 ])
 TABLE_COLUMNS = ("benchmark", "problem_id", "problem", "answer", "completion", "extracted",
                  "correct", "judge", "finish_reason", "n_tokens")
@@ -265,7 +268,10 @@ def _scored(row: dict[str, Any], sample_idx: int, generated: dict[str, Any],
                   "completion": completion, "extracted": extracted, "verified": verified,
                   "verified_by": verified_by,
                   "judge": None, "correct": verified, "n_tokens": generated["n_tokens"],
-                  "finish_reason": finish, "error": generated["error"]}
+                  "finish_reason": finish, "error": generated["error"],
+                  "reasoning_tokens": generated.get("reasoning_tokens"),
+                  "reasoning_cut": "response" in generated and generated["response"] is None
+                  and finish != "error"}
 
 
 def judge_candidates(samples: Sequence[dict[str, Any]], formats: dict[str, AnswerFormat]

@@ -121,6 +121,22 @@ def test_benchmark_metrics() -> None:
     assert (m["n_problems"], m["n_samples"]) == (2, 8)
 
 
+def test_a_thinking_models_reasoning_and_answer_lengths_are_measured() -> None:
+    """Issue 28: reasoning and answer tokens per sample (mean, median, p95) and the share of
+    samples whose reasoning hit the length limit; none of it for a model that does not think."""
+    rows = [_row("a", i, "2", True, tokens=110) | {"reasoning_tokens": 100,
+                                                    "reasoning_cut": False} for i in range(3)]
+    rows.append(_row("a", 3, None, False, tokens=400, finish="length")
+                | {"reasoning_tokens": 400, "reasoning_cut": True})
+    m = benchmark_metrics(rows)
+    assert m["reasoning_tokens_mean"] == pytest.approx(175.0)
+    assert m["reasoning_tokens_median"] == 100.0
+    assert m["reasoning_tokens_p95"] == pytest.approx(100 + 0.85 * 300)  # numpy's linear rule
+    assert m["answer_tokens_mean"] == pytest.approx(7.5) and m["answer_tokens_median"] == 10.0
+    assert m["reasoning_cut_rate"] == 0.25
+    assert not any(k.startswith(("reasoning", "answer_tokens")) for k in benchmark_metrics(_rows()))
+
+
 def test_benchmark_metrics_counts_engine_errors() -> None:
     rows = _rows()
     rows[1] = _row("a", 1, None, False, tokens=0, finish="error")  # the engine failed this one
