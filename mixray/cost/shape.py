@@ -61,7 +61,13 @@ class Shape:
 
 
 def from_config(config: dict, source: str) -> Shape:
-    """A shape from a Hugging Face config.json (Llama, Qwen2, Qwen3, Mistral layouts)."""
+    """A shape from a Hugging Face config.json (Llama, Qwen2, Qwen3, Mistral layouts);
+    ValueError for another layout (one without these keys)."""
+    needed = ("num_attention_heads", "hidden_size", "num_hidden_layers", "intermediate_size",
+              "vocab_size")
+    if missing := [k for k in needed if not isinstance(config.get(k), int)]:
+        raise ValueError(f"{source}: a layout this preview does not know (no {', '.join(missing)}"
+                         f"; model_type {config.get('model_type')!r})")
     heads = config["num_attention_heads"]
     hidden = config["hidden_size"]
     return Shape(layers=config["num_hidden_layers"], hidden=hidden,

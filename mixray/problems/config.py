@@ -109,6 +109,19 @@ class DatasetSource(Strict):
 ProblemSource = Annotated[ReasoningGymSource | DatasetSource, Field(discriminator="kind")]
 
 
+class DecontaminateConfig(Strict):
+    """Training problems that share text with an evaluation benchmark's problems
+    (`mixray.problems.decontaminate`): open-r1's rule (after s1): a shared run of ``ngram``
+    words of the normalised texts, or, for texts shorter than that, the same whole text."""
+
+    mode: Literal["drop", "error", "off"] = Field(
+        "drop", description="drop: overlapping training problems are set aside and counted per "
+        "benchmark; error: any overlap stops the sweep before generation, naming them; off: no "
+        "check (scores may then be inflated by memorised problems).")
+    ngram: int = Field(8, ge=1, description="Words in a shared run that makes an overlap "
+                       "(open-r1 and s1 use 8).")
+
+
 class ProblemsConfig(Strict):
     """Training problems for the teachers and held-out problems for evaluation.
 
@@ -129,6 +142,10 @@ class ProblemsConfig(Strict):
     )
     seed: int = Field(0, description="reasoning-gym's generator seed; for a dataset, which "
                       "records are drawn and held out.")
+    decontaminate: DecontaminateConfig = Field(
+        default_factory=DecontaminateConfig, description="Training problems overlapping any "
+        "evaluation benchmark: {mode: drop | error | off, ngram: 8}. Its own stage and key: "
+        "the problems' key does not hold it.")
 
     @model_validator(mode="before")
     @classmethod

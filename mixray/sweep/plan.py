@@ -44,6 +44,7 @@ def plan(cfg: SweepConfig) -> str:
             f"T={s.temperature}, n={s.n}, {teacher.replicas} replica(s) x {teacher.gpus:g} GPU)"
         )
     lines += [
+        decontamination_plan(cfg),
         f"curate   : {cfg.curate.verifier}, pools keep {cfg.curate.keep} responses",
         f"trials   : {describe_search(cfg)}",
         f"train    : Ray Train + DeepSpeed ZeRO-{t.zero_stage}, {t.dtype}, "
@@ -60,6 +61,18 @@ def plan(cfg: SweepConfig) -> str:
         *format_estimate(estimate(cfg)),
     ]
     return "\n".join(lines)
+
+
+def decontamination_plan(cfg: SweepConfig) -> str:
+    """What is checked of the training problems against the benchmarks, before generation."""
+    d = cfg.problems.decontaminate
+    if d.mode == "off":
+        return ("decontam : off: training problems are not checked against the benchmarks "
+                "(problems.decontaminate.mode)")
+    names = ", ".join(b.name for b in cfg.evaluate.benchmarks)
+    action = "set aside and counted per benchmark" if d.mode == "drop" else "an error"
+    return (f"decontam : training problems sharing a run of {d.ngram} words (or, shorter, their "
+            f"whole text) with {names} are {action}, before generation (open-r1's rule)")
 
 
 def power_plan(cfg: SweepConfig) -> str:

@@ -195,6 +195,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
             target, f"{cfg.name}-sweep", cfg.model_dump(),
             {"curate": up.curate, "stages": up.stages()})
         tracking.log_upstream_inputs(target, inv.parent_run_id, up.problems.path, up.pools)
+        tracking.log_decontamination(target, inv.parent_run_id, up.problems_summary)
         inv.save("running")
     t0 = time.perf_counter()
     baselines = evaluate_baselines(cfg, target, up.paths, up.problems.path / "eval.parquet",

@@ -96,6 +96,7 @@ def run_upstream(cfg: SweepConfig, timings: dict[str, float]) -> Upstream:
     t0 = time.perf_counter()
     problems, cached = build_problems(cfg.problems, cfg.run_root_path)
     fetch_benchmarks(cfg.evaluate, cfg.run_root_path)  # hub benchmarks, once, for every trial
+    problems = decontaminated(cfg, problems)
     timings["problems"] = time.perf_counter() - t0
     up = Upstream(paths=paths, problems=problems, problems_cached=cached,
                   problems_summary=problems_summary(problems))
@@ -113,6 +114,24 @@ def run_upstream(cfg: SweepConfig, timings: dict[str, float]) -> Upstream:
     # in the sweep file's order, whichever teacher finished first (summary.json, the table)
     up.teachers = {label: up.teachers[label] for label in cfg.teachers}
     return up
+
+
+def decontaminated(cfg: SweepConfig, problems: StageDir) -> StageDir:
+    """The problems without the training problems that overlap an evaluation benchmark
+    (`mixray.problems.decontaminate`; its layout, so every later stage reads it in their place).
+    The benchmarks are loaded as the trials load them (the held-out set, hub ones from the run
+    root's copy, reasoning-gym ones disjoint from the training problems)."""
+    from mixray.evaluate.stage import load_benchmarks
+    from mixray.problems.datasets import HUB_CACHE_DIR
+    from mixray.problems.decontaminate import decontaminate
+
+    if cfg.problems.decontaminate.mode == "off":
+        return problems
+    loaded = load_benchmarks(cfg.evaluate, heldout=problems.path / "eval.parquet",
+                             exclude_problems=problems.path / "train.parquet",
+                             cache=cfg.run_root_path / HUB_CACHE_DIR)
+    texts = {b.name: [r["problem"] for r in b.rows] for b in loaded}
+    return decontaminate(problems, texts, cfg.problems.decontaminate, cfg.run_root_path)
 
 
 def vllm_sites(cfg: SweepConfig, problems: StageDir) -> list[EngineSite]:

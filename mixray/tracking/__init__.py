@@ -21,6 +21,7 @@ from mixray.tracking.writer import (
     find_child,
     finish_child,
     log_baseline,
+    log_decontamination,
     log_evaluation,
     log_gaps,
     log_mix_input,
@@ -35,6 +36,7 @@ from mixray.tracking.writer import (
 
 __all__ = ["PARAMS_TAG", "PARENT_TAG", "STOPPED_TAG", "SUMMARY_METRICS", "TRIAL_TAG", "Finished",
            "Target", "end_parent", "ensure_experiment", "fail_child", "find_child",
-           "finish_child", "log_baseline", "log_evaluation", "log_gaps", "log_mix_input",
+           "finish_child", "log_baseline", "log_decontamination", "log_evaluation", "log_gaps",
+           "log_mix_input",
            "log_upstream_inputs", "reopen_parent", "start_child", "start_parent", "stop_child",
            "system_metrics", "tag_parent"]

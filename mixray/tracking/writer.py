@@ -301,6 +301,17 @@ def stop_child(target: Target, run_id: str, history: list[dict], reason: str) ->
     c.set_terminated(run_id, "KILLED")
 
 
+def log_decontamination(target: Target, parent_id: str, problems: dict[str, Any]) -> None:
+    """How many training problems were set aside for overlapping each benchmark (the problems'
+    summary, `mixray.problems.decontaminate`), on the parent run; nothing when it was off."""
+    found = problems.get("decontamination")
+    if found:
+        metrics = {f"decontamination/dropped/{name}": n for name, n in found["dropped"].items()}
+        metrics["decontamination/dropped_total"] = found["dropped_total"]
+        target.client().log_batch(parent_id, metrics=[Metric(k, float(v), 0, 0)
+                                                      for k, v in metrics.items()])
+
+
 def log_gaps(target: Target, parent_id: str, gaps: dict[str, float]) -> None:
     """The learnability gaps and best-mix margins across trials, on the parent run."""
     if gaps:

@@ -24,6 +24,9 @@ def test_parent_run_has_one_finished_child_per_trial(smoke_sweep) -> None:
     assert parent.info.status == "FINISHED"
     children = _children(cfg, parent.info.run_id)
     assert len(children) == len(cfg.trials()) == 2
+    # the training problems were checked against the benchmark before generation (issue 28)
+    assert parent.data.metrics["decontamination/dropped/heldout"] == 0
+    assert first["stages"]["problems"]["summary"]["decontamination"]["dropped"] == {"heldout": 0}
     shares = sorted(float(c.data.params["long_share"]) for c in children)
     assert shares == sorted(cfg.search.long_share)
     for child in children:

@@ -124,3 +124,14 @@ def test_without_a_cluster_file_the_needs_are_printed_without_a_verdict(
     assert "memory   : one training rank" in out and "no GPU memory known" in out
     assert re.search(r"Qwen/Qwen2\.5-3B-Instruct: weights\+gradients\+optimizer [\d.]+ \+ "
                      r"activations [\d.]+", out)
+
+
+def test_a_model_of_an_unknown_layout_is_not_sized_and_not_refused(tmp_path: Path,
+                                                                    capsys) -> None:
+    folder = tmp_path / "odd-model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "mystery", "d_model": 64}')
+    assert main([PAPER_MIX, f"--set=run_root={tmp_path}", f"--set=students=[{folder}]",
+                 "--dry-run", f"--cluster={AWS}"]) == 0
+    assert re.search(r"odd-model: not sized \(.*a layout this preview does not know",
+                     capsys.readouterr().out)
