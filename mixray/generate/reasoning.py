@@ -58,11 +58,17 @@ def graded(row: Mapping[str, Any]) -> tuple[str, str]:
 
 def columns(outs: list[Completion], cfg: ReasoningConfig,
             count_tokens: Callable[[str], int | None]) -> dict[str, np.ndarray]:
-    """The generation stage's reasoning, response and reasoning_tokens columns of a batch: a
-    server's token count where it sent one, else the engine's tokenizer's."""
+    """The generation stage's completion, reasoning, response and reasoning_tokens columns of a
+    batch. The completion is what the model wrote, as a student is trained on it: where a server
+    sent the reasoning apart, it is put back in its think block. Reasoning tokens: a server's
+    count where it sent one, else the engine's tokenizer's."""
     splits = [split(o.text, cfg, o.reasoning) for o in outs]
     tokens = [o.reasoning_tokens if o.reasoning_tokens is not None or s.reasoning is None
               else count_tokens(s.reasoning) for o, s in zip(outs, splits, strict=True)]
-    return {"reasoning": np.array([s.reasoning for s in splits], dtype=object),
+    written = [o.text if o.reasoning is None
+               else f"{cfg.open_marker}\n{o.reasoning}\n{cfg.close_marker}\n\n{o.text}"
+               for o in outs]
+    return {"completion": np.array(written, dtype=object),
+            "reasoning": np.array([s.reasoning for s in splits], dtype=object),
             "response": np.array([s.response for s in splits], dtype=object),
             "reasoning_tokens": np.array(tokens, dtype=object)}

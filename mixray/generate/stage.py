@@ -108,7 +108,6 @@ class _EngineActor:
             "teacher": np.array([job.label] * n),
             "sample_idx": batch["sample_idx"].astype(np.int32),
             "prompt": np.array([p[-1]["content"] for p in prompts]),
-            "completion": np.array([o.text for o in outs]),
             "n_tokens": np.array([o.n_tokens for o in outs], dtype=np.int64),
             "finish_reason": np.array([o.finish_reason for o in outs]),
             "error": np.array([(o.error or "engine error") if o.finish_reason == "error" else None

@@ -27,6 +27,8 @@ IGNORE = -100
 # Open sequences a greedy pack may still fill: a sample moves at most this many sequences earlier
 # than manifest order, so schedules and curricula keep their shape; 16 fills sequences to ~98%.
 PACK_WINDOW = 16
+# Stands for a response whose rendering shows where the template ends the assistant turn.
+RESPONSE_SENTINEL = "MIXRAY-RESPONSE-0f3a"
 
 
 @dataclass(frozen=True)
@@ -61,17 +63,35 @@ def encode(tokenizer, system: str, prompt: str, completion: str, max_length: int
     turns = [{"role": "system", "content": system}] if system else []
     turns.append({"role": "user", "content": prompt})
     prefix = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(
-        turns + [{"role": "assistant", "content": completion}], tokenize=False
-    )
-    if not full.startswith(prefix):
-        raise ValueError("the chat template renders the prompt differently once a response "
-                         "follows, so the response-only loss mask has no exact boundary")
     p_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-    r_ids = tokenizer(full[len(prefix):], add_special_tokens=False)["input_ids"]
+    response = _response(tokenizer, turns, prefix, completion)
+    r_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     ids = (p_ids + r_ids)[:max_length]
     labels = ([IGNORE] * len(p_ids) + r_ids)[:max_length]
     return Example(ids, labels, truncated=len(p_ids) + len(r_ids) > max_length, pool=pool)
+
+
+def _response(tokenizer, turns: list[dict[str, str]], prefix: str, completion: str) -> str:
+    """The assistant turn after the prompt, as the student's template renders the completion:
+    a thinking template (Qwen3's) keeps a long row's think block and gives a short row its own
+    empty one (its non-thinking form). A template that drops part of the completion (one that
+    strips the reasoning of every assistant turn, as DeepSeek-R1-Distill's) would train the
+    student on the answer alone: there the completion is trained on whole, closed by the
+    template's own end of turn."""
+    def render(content: str) -> str:
+        full = tokenizer.apply_chat_template(
+            turns + [{"role": "assistant", "content": content}], tokenize=False)
+        if not full.startswith(prefix):
+            raise ValueError("the chat template renders the prompt differently once a response "
+                             "follows, so the response-only loss mask has no exact boundary")
+        return full[len(prefix):]
+
+    response = render(completion)
+    if " ".join(completion.split()) in " ".join(response.split()):
+        return response
+    _, marker, end = render(RESPONSE_SENTINEL).partition(RESPONSE_SENTINEL)
+    assert marker, "the template rewrote a plain response too"
+    return completion + end
 
 
 def build_examples(

@@ -188,7 +188,9 @@ def test_a_thinking_servers_reasoning_is_kept_apart_from_its_answer(served, tmp_
     assert len(rows) == 2 * 9   # the broken problem's two rows failed
     for r in rows:
         assert r["reasoning"] == f"Let me think. {r['prompt']}" and r["reasoning_tokens"] == 7
-        assert r["response"] == r["completion"] and r["n_tokens"] >= 7
+        # the completion, what a student trains on, has the reasoning back in its think block
+        assert r["completion"] == f"<think>\n{r['reasoning']}\n</think>\n\n{r['response']}"
+        assert r["n_tokens"] >= 7
     scored = score(pq.read_table(stage.path / "data")).to_pylist()
     # the reasoning holds the problem's numbers; the graded answer is the response alone
     from mixray.grading.grade import score_completion

@@ -104,6 +104,70 @@ def test_mask_on_real_templates(template, system, request) -> None:
     assert (system in prompt) if system else (default[template] in prompt)
 
 
+# --- thinking students (issue 28, item 3) ----------------------------------------------------
+
+# Written for these tests from the format's public description (Qwen3's model card and template):
+# the reasoning of the last assistant turn is rendered in a think block, an answer without one
+# gets an empty block (the non-thinking form), and enable_thinking=false puts that empty block in
+# the generation prompt.
+QWEN3_STYLE = (
+    "{%- for message in messages %}"
+    "{%- if message.role == 'assistant' %}"
+    "{%- set content = message.content %}{%- set reasoning = '' %}"
+    "{%- if '</think>' in content %}"
+    "{%- set reasoning = content.split('</think>')[0].split('<think>')[-1].strip('\n') %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\n') %}"
+    "{%- endif %}"
+    "{{- '<|im_start|>assistant\n<think>\n' + reasoning + '\n</think>\n\n' + content"
+    " + '<|im_end|>\n' }}"
+    "{%- else %}{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\n\n</think>\n\n' }}{%- endif %}{%- endif %}"
+)
+# DeepSeek-R1-Distill's habit: every assistant turn keeps only what follows its reasoning
+STRIPS_REASONING = (
+    "{%- for message in messages %}{%- set content = message.content %}"
+    "{%- if message.role == 'assistant' and '</think>' in content %}"
+    "{%- set content = content.split('</think>')[-1] %}{%- endif %}"
+    "{{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>\n' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
+LONG_ROW = "<think>\n12 + 30: add the tens, then the ones.\n</think>\n\n\\boxed{42}"
+
+
+@pytest.fixture(scope="module")
+def qwen3_style():
+    tok = train_tiny_tokenizer()
+    tok.chat_template = QWEN3_STYLE
+    return tok
+
+
+def test_a_thinking_students_long_rows_keep_their_reasoning_and_short_rows_its_empty_block(
+        qwen3_style) -> None:
+    prompt, response = _split(qwen3_style, encode(qwen3_style, "", "12 + 30?", LONG_ROW, 512))
+    assert prompt.endswith("<|im_start|>assistant\n") and "12 + 30?" in prompt
+    assert response == LONG_ROW + "<|im_end|>\n"  # reasoning and answer, all in the loss
+    _, short = _split(qwen3_style, encode(qwen3_style, "", "12 + 30?", "\\boxed{42}", 512))
+    assert short == "<think>\n\n</think>\n\n\\boxed{42}<|im_end|>\n"  # the non-thinking form
+
+
+def test_a_template_that_strips_reasoning_does_not_strip_it_from_the_target() -> None:
+    tok = train_tiny_tokenizer()
+    tok.chat_template = STRIPS_REASONING
+    _, response = _split(tok, encode(tok, "", "12 + 30?", LONG_ROW, 512))
+    assert response == LONG_ROW + "<|im_end|>\n"
+    _, plain = _split(tok, encode(tok, "", "12 + 30?", "\\boxed{42}", 512))
+    assert plain == "\\boxed{42}<|im_end|>\n"
+
+
+def test_smollm2s_template_trains_a_long_row_as_written(smollm2) -> None:
+    """SmolLM2's template has no think block: the row is trained on as its teacher wrote it."""
+    _, response = _split(smollm2, encode(smollm2, "", "12 + 30?", LONG_ROW, 512))
+    assert response == LONG_ROW + "<|im_end|>\n"
+
+
 # --- the overlong policy ---------------------------------------------------------------------
 
 def _rows(n_long: int, n: int = 20) -> list[dict]:
