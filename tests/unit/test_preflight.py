@@ -119,3 +119,50 @@ def test_a_cluster_file_without_node_types_is_refused(tmp_path: Path, capsys) ->
     empty.write_text("kind: Namespace\n")
     assert main([SMOKE, f"--set=run_root={tmp_path}", "--dry-run", f"--cluster={empty}"]) == 2
     assert "declares no node types" in capsys.readouterr().err
+
+
+def _hub_error(kind: str):
+    """What huggingface_hub raises for a 404 of its API: the response a real one carries."""
+    import httpx2
+    from huggingface_hub import errors
+
+    url = "https://huggingface.co/api/models/x"
+    return getattr(errors, kind)(f"404 {kind}", response=httpx2.Response(
+        404, request=httpx2.Request("GET", url)))
+
+
+def test_where_the_hub_answers_a_missing_model_or_revision_is_refused(
+        tmp_path: Path, capsys, monkeypatch) -> None:
+    """The hub itself cannot be reached from here: a fake of its API (HfApi.model_info, named as
+    such) answers as the hub does for a missing repository, a missing revision and a gated one."""
+    from huggingface_hub import HfApi
+
+    from mixray import models
+
+    def fake_model_info(self, repo_id: str, revision: str | None = None, **_: object) -> None:
+        if repo_id == "nobody/no-such-model":
+            raise _hub_error("RepositoryNotFoundError")
+        if revision == "no-such-rev":
+            raise _hub_error("RevisionNotFoundError")
+        if repo_id == "meta-llama/Llama-3.2-3B-Instruct":
+            raise _hub_error("GatedRepoError")   # exists; downloading it needs a token
+
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout_s=0: True)
+    monkeypatch.setattr(HfApi, "model_info", fake_model_info)
+    code = main([PAPER_MIX, f"--set=run_root={tmp_path}", "--dry-run",
+                 "--set=students=[nobody/no-such-model, Qwen/Qwen2.5-3B-Instruct@no-such-rev, "
+                 "meta-llama/Llama-3.2-3B-Instruct]"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "students[0]: no hub model 'nobody/no-such-model'" in err
+    assert "students[1]: hub model 'Qwen/Qwen2.5-3B-Instruct' has no revision 'no-such-rev'" in err
+    assert "students[2]" not in err
+
+
+def test_where_the_hub_does_not_answer_hub_ids_pass_on_their_form(tmp_path: Path) -> None:
+    from mixray import models
+
+    if models.hub_reachable(timeout_s=0.5):
+        pytest.skip("this machine reaches the model hub (CI's does not)")
+    check_inputs(load_sweep(PAPER_MIX, [f"run_root={tmp_path}",
+                                        "students=[nobody/no-such-model]"]))
