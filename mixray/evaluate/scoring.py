@@ -156,7 +156,8 @@ def average_over_benchmarks(metrics_by_benchmark: Mapping[str, Mapping[str, floa
 
 
 # Rates that average over benchmarks like accuracy does (each benchmark weighs the same).
-AVERAGED = ("response_tokens_mean", "truncation_rate", "no_answer_rate", "error_rate")
+AVERAGED = ("response_tokens_mean", "truncation_rate", "no_answer_rate", "error_rate",
+            "reasoning_tokens_mean", "reasoning_cut_rate")  # the last two: thinking models
 
 
 def average_metrics(metrics_by_benchmark: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

@@ -351,6 +351,9 @@ def flat_metrics(per_benchmark: dict[str, dict[str, float]], average: dict[str, 
         "eval_tokens_mean": average["response_tokens_mean"],
         "eval_bad_rows": total("bad_rows"),
     }
+    for key in ("reasoning_tokens_mean", "reasoning_cut_rate"):  # a thinking model's
+        if key in average:
+            flat[f"eval_{key}"] = average[key]
     if judged:
         for key in ("judge_checked", "judge_true", "judge_false", "judge_undecided"):
             flat[f"eval_{key}"] = total(key)

@@ -34,7 +34,35 @@ def make_figures(rec: SweepRecord, points: Sequence[Point], gaps: Sequence[GapRo
         if rec.curate or has_cards else None,
         "train_loss": plot_train_loss(rec.trials, out / "train_loss.png")
         if any(t.status == "FINISHED" and t.loss_curve for t in rec.trials) else None,
+        "length": plot_length(rec.trials, out / "length.png")
+        if any(t.usable and _length(t) is not None for t in rec.trials) else None,
     }
+
+
+def _length(t: Trial) -> tuple[float, str] | None:
+    """A trial's evaluation length and what it is: reasoning tokens per sample where the
+    student thinks, else response tokens; None when neither was logged."""
+    for key, what in (("eval_reasoning_tokens_mean", "reasoning tokens per sample"),
+                      ("eval_tokens_mean", "response tokens per sample")):
+        if key in t.metrics:
+            return t.metrics[key], what
+    return None
+
+
+def plot_length(trials: Sequence[Trial], path: Path) -> str:
+    """Accuracy against how long each trial's student writes (the learnability gap is about
+    length: measured, not assumed), one panel per student, each point its long share."""
+    groups = _by_student(t for t in trials if t.usable and _length(t) is not None)
+    fig, axes = _figure(len(groups))
+    for ax, (student, members) in zip(axes, groups.items(), strict=True):
+        lengths = [_length(t) for t in members]
+        xs = [length for length, _ in lengths]
+        ax.scatter(xs, [t.accuracy for t in members])
+        for t, x in zip(members, xs, strict=True):
+            ax.annotate(f"{t.share:g}", (x, t.accuracy), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8)
+        ax.set(title=_short(student, 40), xlabel=lengths[0][1], ylabel="accuracy")
+    return _save(fig, path)
 
 
 def _figure(n_panels: int, width: float = 4.5, height: float = 3.4) -> tuple[Any, list[Any]]:

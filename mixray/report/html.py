@@ -150,7 +150,8 @@ def section_schedules(points: Sequence[Point], figure: str | None) -> str:
     return f'<section id="schedules"><h2>(c) Schedules compared</h2>{content}</section>'
 
 
-def section_benchmarks(trials: Sequence[Trial], figure: str | None) -> str:
+def section_benchmarks(trials: Sequence[Trial], figure: str | None,
+                       length: str | None = None) -> str:
     with_b = [t for t in trials if t.usable and t.benchmarks]
     if not with_b:
         content = _note("No per-benchmark metrics (eval.<benchmark>.accuracy) were logged.")
@@ -161,6 +162,8 @@ def section_benchmarks(trials: Sequence[Trial], figure: str | None) -> str:
             for t in with_b]
         content = (_img(figure, "per-benchmark accuracy") if figure else "") + _table(
             ["Trial", "Student", "Share"] + benches, body, "benchmarks-table")
+    if length:  # accuracy against the evaluation's length, per trial
+        content += _img(length, "accuracy against length")
     return f'<section id="benchmarks"><h2>(d) Per-benchmark accuracy</h2>{content}</section>'
 
 
@@ -265,7 +268,7 @@ def render_html(rec: SweepRecord, found: Findings, figures: dict[str, str | None
               f"Tracking URI: <code>{html.escape(rec.tracking_uri)}</code>.</p>")
     sections = [section_gaps(rec, gaps), section_curve(points, figures.get("curve")),
                 section_schedules(points, figures.get("schedules")),
-                section_benchmarks(rec.trials, figures.get("benchmarks")),
+                section_benchmarks(rec.trials, figures.get("benchmarks"), figures.get("length")),
                 section_data_card(rec, figures.get("data_card")),
                 section_trials(rec, figures.get("train_loss")), section_trust(rec, found),
                 *extra]

@@ -86,7 +86,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                               (1.0, "static", 0.25)):
         _child(c, exp, p2, tmp, "student-b", share, {
             "eval_accuracy": acc, "eval_accuracy_stderr": 0.02, "eval.gsm8k.accuracy": acc + 0.1,
-            "eval.gsm8k.accuracy_stderr": 0.03, "eval.math500.accuracy": acc - 0.1},
+            "eval.gsm8k.accuracy_stderr": 0.03, "eval.math500.accuracy": acc - 0.1,
+            "eval_reasoning_tokens_mean": 400 + 2000 * share},  # a thinking student's lengths
             schedule=sched)
     return {"uri": uri, "p1": p1, "p2": p2, "tmp": str(tmp)}
 
@@ -116,6 +117,7 @@ def test_files_and_figures(report1: Path) -> None:
         _png_ok(report1.parent / name)
         assert f'src="{name}"' in report1.read_text()
     assert not (report1.parent / "schedules.png").exists()  # no schedule param in this sweep
+    assert not (report1.parent / "length.png").exists()  # no lengths logged in this sweep
     text = _text(report1)
     assert "No trial has a `schedule` param" in text
     assert "No per-benchmark metrics" in text
@@ -169,8 +171,9 @@ def test_latest_parent_with_stderr_schedules_benchmarks(store: dict[str, str],
     (gap,) = summary["gaps"]
     assert gap["name"] == "ΔLarge" and gap["gap"] == pytest.approx(0.25 - 0.30)
     assert gap["best_mix"]["schedule"] == "ramp" and gap["best_mix"]["stderr"] == 0.02
-    for name in ("curve.png", "schedules.png", "benchmarks.png"):
+    for name in ("curve.png", "schedules.png", "benchmarks.png", "length.png"):
         _png_ok(tmp_path / name)
+    assert 'src="length.png"' in index.read_text()  # accuracy against reasoning length
     text = _text(index)
     assert "ΔLong: n/a" in text and "0.41 ± 0.02" in text and "gsm8k" in text and "ramp" in text
 
