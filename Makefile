@@ -154,7 +154,8 @@ IDLE         ?=
 BOOT_DELAY   ?=
 cluster-up: setup
 	$(PY) clusters/local.py up --cluster-dir $(CLUSTER_DIR) --run-root $(CLUSTER_RUNS) \
-	  $(if $(IDLE),--idle-minutes $(IDLE)) $(if $(BOOT_DELAY),--boot-delay $(BOOT_DELAY))
+	  $(if $(IDLE),--idle-minutes $(IDLE)) $(if $(BOOT_DELAY),--boot-delay $(BOOT_DELAY)) \
+	  $(if $(HEAD_CPUS),--head-cpus $(HEAD_CPUS))
 
 cluster-status:
 	$(PY) clusters/local.py status --cluster-dir $(CLUSTER_DIR)

@@ -123,13 +123,16 @@ def check_paths(cluster_dir: Path, run_root: Path, private: list[str]) -> None:
 
 
 def render_config(template: dict[str, Any], cluster: Cluster, private: list[str],
-                  idle_minutes: float | None) -> dict[str, Any]:
-    """The head's --autoscaling-config: the template with this cluster's addresses and dirs."""
+                  idle_minutes: float | None, head_cpus: int | None = None) -> dict[str, Any]:
+    """The head's --autoscaling-config: the template with this cluster's addresses and dirs
+    (and, given, the head's CPUs: local.yaml's head has none)."""
     cfg = copy.deepcopy(template)
     cfg["provider"].update(gcs_address=cluster.gcs_address, cluster_dir=str(cluster.dir),
                            private_dirs=private)
     if idle_minutes is not None:
         cfg["idle_timeout_minutes"] = idle_minutes
+    if head_cpus is not None:
+        cfg["available_node_types"][cfg["head_node_type"]]["resources"]["CPU"] = head_cpus
     return cfg
 
 
@@ -308,7 +311,7 @@ def up(args: argparse.Namespace) -> int:
     if args.isolation == "namespace":
         preflight_isolation(cluster, private, shared)
     ensure_token()
-    cfg = render_config(template, cluster, private, args.idle_minutes)
+    cfg = render_config(template, cluster, private, args.idle_minutes, args.head_cpus)
     set_boot_delay(cluster_dir, args.boot_delay)
     try:
         start(cluster, cfg)
@@ -497,6 +500,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             s.add_argument("--idle-minutes", type=float, default=None,
                            help="override idle_timeout_minutes")
             s.add_argument("--isolation", choices=["namespace", "none"], default="namespace")
+            s.add_argument("--head-cpus", type=int, default=None, metavar="N",
+                           help="CPUs of the head (local.yaml's: 0); a cloud head has some "
+                                "(aws.yaml: 16), so trial functions start there at once and "
+                                "their worker groups wait for trainer nodes")
             s.add_argument("--boot-delay", type=float, default=0.0, metavar="SECONDS",
                            help="each worker node sleeps this long before `ray start`, as a "
                                 "cloud node boots (change it later: boot-delay)")
