@@ -166,3 +166,14 @@ def test_where_the_hub_does_not_answer_hub_ids_pass_on_their_form(tmp_path: Path
         pytest.skip("this machine reaches the model hub (CI's does not)")
     check_inputs(load_sweep(PAPER_MIX, [f"run_root={tmp_path}",
                                         "students=[nobody/no-such-model]"]))
+
+
+def test_the_thinking_recipe_dry_runs_and_says_what_it_decontaminates(tmp_path: Path,
+                                                                      capsys) -> None:
+    """sweeps/think-mix.yaml: refused by nothing but the lack of GPUs (issue 28)."""
+    code = main([str(REPO / "sweeps" / "think-mix.yaml"), f"--set=run_root={tmp_path}",
+                 "--dry-run", f"--cluster={REPO / 'clusters' / 'aws.yaml'}"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert re.search(r"decontam : training problems sharing a run of 8 words .* with math500, "
+                     r"gsm8k, amc2023, aime2024, olympiadbench are set aside", out)
