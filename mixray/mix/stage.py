@@ -30,8 +30,11 @@ class MixOutput:
     card: dict[str, Any]
 
 
-def run_mix(spec: MixSpec, pools: dict[str, Path], out: Path) -> MixOutput:
-    """Mix ``pools`` (teacher label -> pool.parquet) as ``spec`` says into ``out``."""
+def run_mix(spec: MixSpec, pools: dict[str, Path], out: Path,
+            decontamination: dict[str, Any] | None = None) -> MixOutput:
+    """Mix ``pools`` (teacher label -> pool.parquet) as ``spec`` says into ``out``.
+    ``decontamination``: what was set aside of the problems the pools were generated from (the
+    sweep's, `mixray.problems.decontaminate`), recorded in the card as it is."""
     out.mkdir(parents=True, exist_ok=True)
     tables = {label: pq.read_table(pools[label]) for label in spec.pools}
     validation = None
@@ -43,6 +46,8 @@ def run_mix(spec: MixSpec, pools: dict[str, Path], out: Path) -> MixOutput:
     if validation is not None:
         manifest.card["validation"] = {"problems": spec.validation_problems,
                                        "rows": held_out.num_rows}
+    if decontamination is not None:
+        manifest.card["decontamination"] = decontamination
     pq.write_table(manifest.table, out / "manifest.parquet")
     (out / "data_card.json").write_text(json.dumps(manifest.card, indent=2))
     return MixOutput(out / "manifest.parquet", validation, manifest.card)

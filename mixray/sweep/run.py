@@ -207,7 +207,8 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
     ctx = SweepContext(cfg=cfg, invocation=inv.id, pools=up.pools,
                        eval_problems=str(up.problems.path / "eval.parquet"),
                        student_paths={s: str(up.paths[s]) for s in cfg.students},
-                       parent_run_id=inv.parent_run_id)
+                       parent_run_id=inv.parent_run_id,
+                       decontamination=up.problems_summary.get("decontamination"))
     t0 = time.perf_counter()
     status = "interrupted"
     try:

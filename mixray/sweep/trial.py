@@ -40,6 +40,8 @@ class SweepContext:
     eval_problems: str
     student_paths: dict[str, str]  # student spec -> local HF dir
     parent_run_id: str
+    # the problems' decontamination counts (their summary's), for each trial's data card
+    decontamination: dict[str, Any] | None = None
 
     @property
     def target(self) -> tracking.Target:
@@ -114,7 +116,7 @@ def _mix_train_evaluate(trial: Trial, ctx: SweepContext, cfg: SweepConfig, run_i
                         out: Path) -> tuple[dict[str, float], list[dict], MixOutput, Path]:
     """The three parts of a trial: (metrics, the training history, the mix, the student)."""
     t0 = time.perf_counter()
-    mix = run_mix(cfg.mix, ctx.pools, out)
+    mix = run_mix(cfg.mix, ctx.pools, out, ctx.decontamination)
     tracking.log_mix_input(ctx.target, run_id, mix.manifest, mix.card["content_hash"])
     t1 = time.perf_counter()
     model_dir, history = train_from_config(

@@ -87,6 +87,12 @@ class TrainConfig(Strict):
         "across them; micro_batch_size then counts packed sequences."
     )
     system_prompt: str = "You are a helpful assistant."
+    responses: Literal["template", "as_written"] = Field(
+        "template", description="How a row's completion becomes the trained assistant turn. "
+        "template: as the student's chat template renders it (a thinking template keeps a long "
+        "row's think block and gives a short row its empty one, its non-thinking form); "
+        "as_written: exactly as the teacher wrote it, closed by the template's end of turn (a "
+        "short row then has no think block at all).")
     checkpoint_every: int | None = Field(
         None, ge=1, description="DeepSpeed checkpoint every N steps (and always at the end)."
     )

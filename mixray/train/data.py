@@ -57,27 +57,32 @@ class DataStats:
         return asdict(self) | {"affected": self.affected}
 
 
+Responses = Literal["template", "as_written"]  # TrainConfig.responses
+
+
 def encode(tokenizer, system: str, prompt: str, completion: str, max_length: int,
-           pool: int = 0) -> Example:
-    """Tokenize one row; the response tail beyond max_length is cut (and `truncated` set)."""
+           pool: int = 0, responses: Responses = "template") -> Example:
+    """Tokenize one row; the response tail beyond max_length is cut (and `truncated` set).
+    ``responses``: how the completion becomes the assistant turn (`_response`)."""
     turns = [{"role": "system", "content": system}] if system else []
     turns.append({"role": "user", "content": prompt})
     prefix = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     p_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-    response = _response(tokenizer, turns, prefix, completion)
+    response = _response(tokenizer, turns, prefix, completion, responses)
     r_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     ids = (p_ids + r_ids)[:max_length]
     labels = ([IGNORE] * len(p_ids) + r_ids)[:max_length]
     return Example(ids, labels, truncated=len(p_ids) + len(r_ids) > max_length, pool=pool)
 
 
-def _response(tokenizer, turns: list[dict[str, str]], prefix: str, completion: str) -> str:
+def _response(tokenizer, turns: list[dict[str, str]], prefix: str, completion: str,
+              responses: Responses = "template") -> str:
     """The assistant turn after the prompt, as the student's template renders the completion:
     a thinking template (Qwen3's) keeps a long row's think block and gives a short row its own
     empty one (its non-thinking form). A template that drops part of the completion (one that
     strips the reasoning of every assistant turn, as DeepSeek-R1-Distill's) would train the
-    student on the answer alone: there the completion is trained on whole, closed by the
-    template's own end of turn."""
+    student on the answer alone: there, and always with ``responses`` "as_written", the
+    completion is trained on whole, closed by the template's own end of turn."""
     def render(content: str) -> str:
         full = tokenizer.apply_chat_template(
             turns + [{"role": "assistant", "content": content}], tokenize=False)
@@ -87,7 +92,7 @@ def _response(tokenizer, turns: list[dict[str, str]], prefix: str, completion: s
         return full[len(prefix):]
 
     response = render(completion)
-    if " ".join(completion.split()) in " ".join(response.split()):
+    if responses == "template" and " ".join(completion.split()) in " ".join(response.split()):
         return response
     _, marker, end = render(RESPONSE_SENTINEL).partition(RESPONSE_SENTINEL)
     assert marker, "the template rewrote a plain response too"
@@ -97,6 +102,7 @@ def _response(tokenizer, turns: list[dict[str, str]], prefix: str, completion: s
 def build_examples(
     tokenizer, rows: Sequence[dict], *, system: str, max_length: int,
     overlong: Literal["truncate", "drop"], max_dropped_fraction: float, pools: Sequence[str] = (),
+    responses: Responses = "template",
 ) -> tuple[list[Example], list[int], DataStats]:
     """Encode manifest rows -> (kept examples, their manifest row numbers, stats).
 
@@ -108,7 +114,7 @@ def build_examples(
     truncated = dropped_overlong = dropped_empty = 0
     for i, r in enumerate(rows):
         ex = encode(tokenizer, system, r["prompt"], r["completion"], max_length,
-                    _pool_of(r, i, pool_index))
+                    _pool_of(r, i, pool_index), responses)
         if ex.truncated and overlong == "drop":
             dropped_overlong += 1
         elif all(lab == IGNORE for lab in ex.labels):  # the prompt alone fills max_length

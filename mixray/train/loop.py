@@ -58,7 +58,7 @@ def train(a: LoopArgs, reporter: Reporter) -> None:
     validation = None if a.validation_path is None else Validation.load(
         a.validation_path, tokenizer, system=a.train.system_prompt, max_length=a.train.max_length,
         overlong=a.train.overlong, max_dropped_fraction=a.train.max_dropped_fraction,
-        micro_batch_size=a.train.micro_batch_size, pad_id=pad_id)
+        micro_batch_size=a.train.micro_batch_size, pad_id=pad_id, responses=a.train.responses)
     engine, params = build_engine(a, world, total)
     step, history = _resume(engine, reporter, a)
     first, t0 = step, time.perf_counter()  # first > 0 after a restart from a checkpoint
@@ -106,7 +106,8 @@ def _load_data(a: LoopArgs, tokenizer):
     pools = sorted(set(table["pool"].to_pylist())) if "pool" in table.column_names else ["all"]
     examples, where, stats = build_examples(
         tokenizer, rows.to_pylist(), system=a.train.system_prompt, max_length=a.train.max_length,
-        overlong=a.train.overlong, max_dropped_fraction=a.train.max_dropped_fraction, pools=pools)
+        overlong=a.train.overlong, max_dropped_fraction=a.train.max_dropped_fraction, pools=pools,
+        responses=a.train.responses)
     phases = None
     if "phase" in table.column_names:
         all_phases = table["phase"].to_pylist()

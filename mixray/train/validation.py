@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pyarrow.parquet as pq
 import torch
 
-from mixray.train.data import Example, build_examples, collate, to_device
+from mixray.train.data import Example, Responses, build_examples, collate, to_device
 from mixray.train.loss import forward_inputs, pool_sums, token_losses
 
 
@@ -26,12 +26,14 @@ class Validation:
 
     @classmethod
     def load(cls, path: str, tokenizer, *, system: str, max_length: int, overlong: str,
-             max_dropped_fraction: float, micro_batch_size: int, pad_id: int) -> Validation:
+             max_dropped_fraction: float, micro_batch_size: int, pad_id: int,
+             responses: Responses = "template") -> Validation:
         rows = pq.read_table(path).to_pylist()
         pools = sorted({r["pool"] for r in rows})
         examples, _, _ = build_examples(tokenizer, rows, system=system, max_length=max_length,
                                         overlong=overlong,
-                                        max_dropped_fraction=max_dropped_fraction, pools=pools)
+                                        max_dropped_fraction=max_dropped_fraction, pools=pools,
+                                        responses=responses)
         return cls(examples, pools, micro_batch_size, pad_id)
 
     @torch.no_grad()

@@ -151,11 +151,15 @@ def test_a_thinking_teacher_in_both_modes_a_think_template_student_and_decontami
         else:
             assert not any(reasoning for reasoning, _ in thought), thought
 
+    # ...and in the trial's data card
+    (trial,) = summary["trials"]
+    out = cfg.root.trial(summary["invocation"], trial["trial"])
+    card = json.loads((out / "data_card.json").read_text())
+    assert card["decontamination"]["dropped"] == found["dropped"]
+
     # The manifest as training renders it through the student's template, token by token
     tok = _tokenizer(cfg.students[0])
-    (trial,) = summary["trials"]
-    rows = pq.read_table(cfg.root.trial(summary["invocation"], trial["trial"])
-                         / "manifest.parquet").to_pylist()
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
     long_row = next(r for r in rows if r["pool"] == "long")
     short_row = next(r for r in rows if r["pool"] == "short")
     _, reasoning, answer = _parts(long_row["completion"])

@@ -153,6 +153,17 @@ def test_a_thinking_students_long_rows_keep_their_reasoning_and_short_rows_its_e
     assert short == "<think>\n\n</think>\n\n\\boxed{42}<|im_end|>\n"  # the non-thinking form
 
 
+def test_as_written_trains_a_short_row_without_the_templates_empty_block(qwen3_style) -> None:
+    """train.responses: as_written: each completion as the teacher wrote it, in the template's
+    end of turn; the long row is the same either way."""
+    _, short = _split(qwen3_style, encode(qwen3_style, "", "12 + 30?", "\\boxed{42}", 512,
+                                          responses="as_written"))
+    assert short == "\\boxed{42}<|im_end|>\n"
+    _, long = _split(qwen3_style, encode(qwen3_style, "", "12 + 30?", LONG_ROW, 512,
+                                         responses="as_written"))
+    assert long == LONG_ROW + "<|im_end|>\n"
+
+
 def test_a_template_that_strips_reasoning_does_not_strip_it_from_the_target() -> None:
     tok = train_tiny_tokenizer()
     tok.chat_template = STRIPS_REASONING
