@@ -24,8 +24,8 @@ NON_DEFAULT = {
     "lr": 3e-4, "lr_schedule": "constant", "warmup_ratio": 0.1, "weight_decay": 0.01,
     "adam_betas": (0.8, 0.95), "max_grad_norm": 0.5, "gradient_checkpointing": True,
     "max_length": 1024, "overlong": "drop", "max_dropped_fraction": 0.2, "packing": "greedy",
-    "system_prompt": "Think step by step.", "checkpoint_every": 5, "max_failures": 1,
-    "keep_checkpoints": "all", "eval_every": 3, "seed": 7,
+    "system_prompt": "Think step by step.", "responses": "as_written", "checkpoint_every": 5,
+    "max_failures": 1, "keep_checkpoints": "all", "eval_every": 3, "seed": 7,
     "lora": LoraConfig(rank=4, alpha=8, dropout=0.0, target_modules=["q_proj"]),
 }
 
