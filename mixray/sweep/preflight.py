@@ -62,11 +62,14 @@ def _models(cfg: SweepConfig) -> Iterator[str]:
     specs += [(f"teachers.{label}.model", t.local_model) for label, t in cfg.teachers.items()]
     if cfg.evaluate.judge is not None:
         specs.append(("evaluate.judge.model", cfg.evaluate.judge.model))
-    specs = [(key, spec) for key, spec in specs if spec is not None]
+    hub = []  # well-formed hub ids, for the hub itself to answer
     for key, spec in specs:
+        if spec is None:
+            continue
         if (problem := models.spec_problem(spec)) is not None:
             yield f"{key}: {problem}"
-    hub = [(k, s) for k, s in specs if models.spec_problem(s) is None and models.is_hub_spec(s)]
+        elif models.is_hub_spec(spec):
+            hub.append((key, spec))
     if hub and not models.hub_reachable():
         log.info("the model hub does not answer here: %d hub id(s) are checked for their form "
                  "only (the run downloads them)", len(hub))
